@@ -1,0 +1,40 @@
+"""Facts about the SD v1.5 architecture that the estimate path needs: parameter counts, without torch.
+
+The counts were obtained by building each component from its published SD v1.5 config (the JSON files in
+``data/sd15/``, which ``pipeline.py`` builds from) and summing ``p.numel()`` over its parameters; they match
+``shared/FACTS.md``. ``tests/test_pipeline.py`` rebuilds the models and checks every number here.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+# Parameter counts, counted from the SD v1.5 component configs (random init; shapes alone decide them).
+UNET_PARAMS = 859_520_964  # UNet2DConditionModel
+VAE_ENCODER_PARAMS = 34_163_664  # AutoencoderKL encoder + quant_conv
+VAE_DECODER_PARAMS = 49_490_199  # AutoencoderKL decoder + post_quant_conv
+VAE_PARAMS = VAE_ENCODER_PARAMS + VAE_DECODER_PARAMS  # 83,653,863
+TEXT_ENCODER_PARAMS = 123_060_480  # CLIPTextModel (ViT-L/14 text tower)
+SAFETY_CHECKER_PARAMS = 303_981_588  # StableDiffusionSafetyChecker (ViT-L/14 vision tower + projections)
+
+# Non-parameter buffers that also live on the GPU (int64 position ids, 8 bytes each).
+TEXT_ENCODER_BUFFER_BYTES = 77 * 8  # position_ids, one per CLIP position
+SAFETY_CHECKER_BUFFER_BYTES = 257 * 8  # vision position_ids: 16 x 16 patches + the class token
+
+# Geometry shared by every SD v1.5 stage.
+VAE_SCALE_FACTOR = 8  # 3 VAE downsamplings of 2: a latent pixel covers 8 x 8 image pixels
+LATENT_CHANNELS = 4  # AutoencoderKL latent_channels
+RGB_CHANNELS = 3  # the pipeline's image tensors are RGB
+CLIP_MAX_TOKENS = 77  # CLIP's max_position_embeddings; the pipeline pads and truncates to this
+
+COMPONENTS = ("unet", "vae", "text_encoder", "safety_checker")
+
+
+def component_config(name: str) -> dict[str, Any]:
+    """The published SD v1.5 config of one component (unet, vae, text_encoder, safety_checker, scheduler,
+    tokenizer, feature_extractor), as shipped in ``sdvram/data/sd15``."""
+    text = (resources.files("sdvram") / "data" / "sd15" / f"{name}.json").read_text(encoding="utf-8")
+    config: dict[str, Any] = json.loads(text)
+    return config

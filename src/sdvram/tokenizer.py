@@ -1,0 +1,164 @@
+"""CLIP's byte-level BPE tokenizer in pure Python, so ``sdvram estimate --prompt`` counts tokens without
+importing transformers.
+
+It follows transformers' ``CLIPTokenizer`` (the one the diffusers pipeline uses) step for step: NFC,
+whitespace runs folded to one space, lower case; the split pattern
+``<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|\\p{L}+|\\p{N}|[^\\s\\p{L}\\p{N}]+``; the GPT-2 byte to
+unicode map; BPE over the merges with ``</w>`` ending each word. ``tests/test_tokenizer.py`` checks it
+against transformers' tokenizer and against CLIP ids known by hand.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from sdvram.architecture import CLIP_MAX_TOKENS
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+SPECIAL_TOKENS = (BOS, EOS)
+CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")  # CLIP's split pattern, in its order
+# OpenAI's SimpleTokenizer reads lines 1 .. 48894 of the vocabulary file: 49152 BPE tokens, less the 256
+# byte tokens and the 2 special tokens, are merges (line 0 is a version header).
+MERGE_COUNT = 49152 - 256 - 2
+END_OF_WORD = "</w>"
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """How many tokens the text encoder sees for a prompt, start and end tokens included."""
+
+    tokens: int  # after the pipeline's truncation to 77
+    untruncated: int  # what the prompt would need without truncation
+
+    @property
+    def truncated(self) -> bool:
+        return self.untruncated > self.tokens
+
+
+def count_tokens(prompt: str) -> TokenCount:
+    """Tokens of ``prompt`` as the pipeline's tokenizer produces them: BOS + BPE tokens + EOS, cut at 77."""
+    untruncated = len(encode(prompt)) + 2
+    return TokenCount(tokens=min(untruncated, CLIP_MAX_TOKENS), untruncated=untruncated)
+
+
+def encode(text: str) -> list[int]:
+    """BPE token ids of ``text``, without the start and end tokens."""
+    vocab, ranks = _tables()
+    ids: list[int] = []
+    for segment, special in _split_special(text):
+        if special:
+            ids.append(vocab[segment])
+            continue
+        normal = unicodedata.normalize("NFC", segment)
+        normal = re.sub(r"\s+", " ", normal).lower()
+        for piece in _pieces(normal):
+            word = "".join(_byte_encoder()[b] for b in piece.encode("utf-8"))
+            ids.extend(vocab[symbol] for symbol in _bpe(word, ranks))
+    return ids
+
+
+def clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The CLIP vocabulary (49,408 tokens) and merge list (48,894 pairs) from the shipped vocabulary file,
+    built as OpenAI's SimpleTokenizer builds them."""
+    vocab, ranks = _tables()
+    return dict(vocab), sorted(ranks, key=ranks.__getitem__)
+
+
+@cache
+def _tables() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    path = resources.files("sdvram") / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")[1 : MERGE_COUNT + 1]
+    merges = [tuple(line.split()) for line in lines]
+    byte_symbols = list(_byte_encoder().values())
+    symbols = byte_symbols + [s + END_OF_WORD for s in byte_symbols] + ["".join(m) for m in merges]
+    symbols += [BOS, EOS]
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    ranks = {(a, b): index for index, (a, b) in enumerate(merges)}
+    return vocab, ranks
+
+
+@cache
+def _byte_encoder() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable unicode characters, which CLIP's vocabulary uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes), strict=True))
+
+
+def _split_special(text: str) -> list[tuple[str, bool]]:
+    """Cut the special tokens out first, as the tokenizer's added tokens are matched before normalising."""
+    out: list[tuple[str, bool]] = []
+    rest = text
+    while rest:
+        hits = [(rest.find(s), s) for s in SPECIAL_TOKENS if s in rest]
+        if not hits:
+            out.append((rest, False))
+            break
+        at, token = min(hits)
+        if at:
+            out.append((rest[:at], False))
+        out.append((token, True))
+        rest = rest[at + len(token) :]
+    return out
+
+
+def _kind(char: str) -> str:
+    if char.isspace():
+        return "space"
+    category = unicodedata.category(char)[0]
+    return {"L": "letter", "N": "number"}.get(category, "other")
+
+
+def _pieces(text: str) -> list[str]:
+    """The pre-tokenizer split: contractions, letter runs, single digits, runs of other symbols."""
+    pieces: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        kind = _kind(text[i])
+        if kind == "space":
+            i += 1
+            continue
+        contraction = next((c for c in CONTRACTIONS if text.startswith(c, i)), None)
+        if contraction:
+            pieces.append(contraction)
+            i += len(contraction)
+            continue
+        j = i + 1
+        if kind != "number":  # a number matches one character at a time
+            while j < n and _kind(text[j]) == kind:
+                j += 1
+        pieces.append(text[i:j])
+        i = j
+    return pieces
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Merge the symbols of ``word`` (its last one marked ``</w>``) by rank until no merge applies."""
+    symbols = [*word[:-1], word[-1] + END_OF_WORD]
+    while len(symbols) > 1:
+        pairs = {(symbols[k], symbols[k + 1]) for k in range(len(symbols) - 1)}
+        best = min(pairs, key=lambda pair: ranks.get(pair, MERGE_COUNT))
+        if best not in ranks:
+            break
+        merged: list[str] = []
+        k = 0
+        while k < len(symbols):
+            if k < len(symbols) - 1 and (symbols[k], symbols[k + 1]) == best:
+                merged.append(symbols[k] + symbols[k + 1])
+                k += 2
+            else:
+                merged.append(symbols[k])
+                k += 1
+        symbols = merged
+    return symbols

@@ -29,12 +29,17 @@ LATENT_CHANNELS = 4  # AutoencoderKL latent_channels
 RGB_CHANNELS = 3  # the pipeline's image tensors are RGB
 CLIP_MAX_TOKENS = 77  # CLIP's max_position_embeddings; the pipeline pads and truncates to this
 
-COMPONENTS = ("unet", "vae", "text_encoder", "safety_checker")
+MODELS = ("unet", "vae", "text_encoder", "safety_checker")  # the components with weights
+# "sd15": the published SD v1.5 configs. "tiny": a miniature with the same classes and the 8x latent, for
+# running the real pipeline on a CPU in seconds (data/tiny/README.md).
+ARCHITECTURES = ("sd15", "tiny")
 
 
-def component_config(name: str) -> dict[str, Any]:
-    """The published SD v1.5 config of one component (unet, vae, text_encoder, safety_checker, scheduler,
-    tokenizer, feature_extractor), as shipped in ``sdvram/data/sd15``."""
-    text = (resources.files("sdvram") / "data" / "sd15" / f"{name}.json").read_text(encoding="utf-8")
+def component_config(name: str, architecture: str = "sd15") -> dict[str, Any]:
+    """The config of one component (unet, vae, text_encoder, safety_checker, scheduler, feature_extractor)
+    as shipped in ``sdvram/data/<architecture>``; the tiny set shares SD v1.5's scheduler and feature
+    extractor."""
+    folder = architecture if name in MODELS else "sd15"
+    text = (resources.files("sdvram") / "data" / folder / f"{name}.json").read_text(encoding="utf-8")
     config: dict[str, Any] = json.loads(text)
     return config

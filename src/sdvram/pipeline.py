@@ -1,0 +1,157 @@
+"""Building and running the real diffusers SD v1.5 img2img pipeline.
+
+``build_pipeline`` makes ``StableDiffusionImg2ImgPipeline`` either from real weights (``from_pretrained``) or
+from the component configs shipped in ``data/`` with random weights and no network; memory depends on
+shapes and dtypes only, so both give the same profile. On ``meta`` the same classes are built without any
+storage, for ``simulate``. Imports torch, diffusers and transformers: reached only by profile/simulate.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+
+# transformers logs a warning on every diffusers import when torchvision is absent (its image processors
+# fall back to Pillow, which is what we use anyway); keep stderr for sdvram's own messages.
+transformers.utils.logging.set_verbosity_error()
+
+# ruff: noqa: E402 (the imports below come after that setting)
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from sdvram.architecture import CLIP_MAX_TOKENS, component_config
+from sdvram.errors import InputError
+from sdvram.tokenizer import clip_vocab
+
+diffusers_logging.set_verbosity_error()  # its loading chatter (accelerate hints, hub retries) is not ours to show
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the SD v1.5 weights on the Hugging Face hub
+MAX_REASON = 160  # characters of a loader's exception quoted in our one-sentence error
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the pipeline is called. The defaults are the seed's reference run: fp16, guidance 5.0,
+    50 inference steps at strength 0.8 (40 denoising steps)."""
+
+    steps: int = 50
+    strength: float = 0.8
+    guidance: float = 5.0
+    batch: int = 1
+    seed: int = 0
+    safety_checker: bool = True
+
+
+def build_pipeline(
+    *,
+    device: str,
+    dtype: str,
+    weights: str = "random",
+    model: str = DEFAULT_MODEL,
+    architecture: str = "sd15",
+    safety_checker: bool = True,
+) -> StableDiffusionImg2ImgPipeline:
+    """The img2img pipeline on ``device`` in ``dtype``: ``weights="pretrained"`` loads ``model`` (a hub id or a
+    local folder); ``weights="random"`` builds ``architecture`` from the shipped configs."""
+    torch_dtype = DTYPES[dtype]
+    if weights == "pretrained":
+        return _load_pretrained(model, device, torch_dtype, safety_checker)
+    with _construction(device, torch_dtype):
+        unet = UNet2DConditionModel.from_config(component_config("unet", architecture))
+        vae = AutoencoderKL.from_config(component_config("vae", architecture))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**component_config("text_encoder", architecture)))
+        checker = (
+            StableDiffusionSafetyChecker(CLIPConfig(**component_config("safety_checker", architecture)))
+            if safety_checker
+            else None
+        )
+    for module in (unet, vae, text_encoder, checker):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(component_config("scheduler")),
+        safety_checker=checker,
+        feature_extractor=CLIPImageProcessorPil(**component_config("feature_extractor")),
+        requires_safety_checker=False,
+    )
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """transformers' CLIPTokenizer over the shipped CLIP vocabulary. Built from the vocab dict and merge
+    list: ``CLIPTokenizer(vocab_file=..., merges_file=...)`` silently makes a 2-token vocabulary in
+    transformers 5 (shared/FACTS.md)."""
+    vocab, merges = clip_vocab()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_TOKENS)
+
+
+def expected_unet_calls(scheduler: Any, steps: int, strength: float) -> int:
+    """How many times the img2img loop calls the UNet: the scheduler's timesteps after the strength cut,
+    as ``StableDiffusionImg2ImgPipeline.get_timesteps`` takes them (41 for PNDM, 50 steps, strength 0.8)."""
+    schedule = copy.deepcopy(scheduler)
+    schedule.set_timesteps(steps)
+    init_timestep = min(int(steps * strength), steps)
+    t_start = max(steps - init_timestep, 0)
+    return len(schedule.timesteps[t_start * schedule.order :])
+
+
+def run_pipeline(
+    pipe: StableDiffusionImg2ImgPipeline, image: Any, prompt: str, settings: RunSettings, on_step: Any = None,
+    output_type: str = "pil",
+) -> Any:
+    """One img2img call with the seed's reference settings (or ``settings``); returns the pipeline output."""
+    device = pipe.unet.device
+    generator = torch.Generator("cpu" if device.type == "meta" else device).manual_seed(settings.seed)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        prompt=prompt,
+        image=image,
+        strength=settings.strength,
+        guidance_scale=settings.guidance,
+        num_inference_steps=settings.steps,
+        num_images_per_prompt=settings.batch,
+        generator=generator,
+        output_type=output_type,
+        callback_on_step_end=on_step,
+    )
+
+
+@contextmanager
+def _construction(device: str, dtype: torch.dtype) -> Iterator[None]:
+    """Create parameters directly on ``device`` in ``dtype``: no fp32 copy on the way, no host round trip."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _load_pretrained(
+    model: str, device: str, dtype: torch.dtype, safety_checker: bool
+) -> StableDiffusionImg2ImgPipeline:
+    extra: dict[str, Any] = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model, dtype=dtype, **extra)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        first = text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+        raise InputError(
+            f"Could not load the model '{model}' ({first}); give a local folder with --model, or use "
+            "--weights random to build the SD v1.5 architecture with random weights (same memory)."
+        ) from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

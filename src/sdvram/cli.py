@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
-from sdvram.errors import SdvramError
+from sdvram.errors import InputError, OutOfMemoryError, SdvramError
 from sdvram.units import Units
+
+
+class DType(str, Enum):
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
+class Weights(str, Enum):
+    pretrained = "pretrained"
+    random = "random"
+
+
+class Architecture(str, Enum):
+    sd15 = "sd15"
+    tiny = "tiny"
 
 app = typer.Typer(
     help="How much GPU memory Stable Diffusion v1.5 img2img needs, and why.",
@@ -93,6 +112,88 @@ def estimate(
     out.print(estimate_table(result, units))
     for note in result.notes:
         err.print(f"note: {note}", markup=False, highlight=False)
+
+
+@app.command()
+def profile(
+    image: Annotated[Path | None, typer.Argument(help="Input image (or give --h and --w).", show_default=False)] = None,
+    height: Annotated[str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Height of a generated input image.")] = None,
+    width: Annotated[str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Width of a generated input image.")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="Prompt (default: the image's manifest prompt).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cuda, cuda:N, or cpu (the same instrumented pipeline).")] = "cuda",
+    dtype: Annotated[DType | None, typer.Option("--dtype", help="Weights and activations (default float16 on CUDA, float32 on the CPU).")] = None,
+    weights: Annotated[Weights, typer.Option("--weights", help="pretrained: load --model; random: build the architecture from the shipped configs (same memory, no download).")] = Weights.pretrained,
+    model: Annotated[str, typer.Option("--model", help="Hub id or local folder for --weights pretrained.")] = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    architecture: Annotated[Architecture, typer.Option("--architecture", help="sd15, or tiny: a miniature for testing on a CPU (random weights only).")] = Architecture.sd15,
+    steps: Annotated[int, typer.Option("--steps", help="num_inference_steps (the loop runs steps x strength of them).")] = 50,
+    strength: Annotated[float, typer.Option("--strength", help="img2img strength.")] = 0.8,
+    guidance: Annotated[float, typer.Option("--guidance", help="guidance_scale; above 1 doubles the UNet batch.")] = 5.0,
+    batch: Annotated[int, typer.Option("--batch", help="num_images_per_prompt.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the generator.")] = 0,
+    safety_checker: Annotated[bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the safety checker, as the pipeline ships.")] = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the whole record to this file (atomically).")] = None,
+    save_image: Annotated[Path | None, typer.Option("--save-image", help="Keep the pipeline's output image here.")] = None,
+    units: UnitsOption = Units.gib,
+) -> None:
+    """Run the real SD v1.5 img2img pipeline and record the peak memory of every stage beside the formula."""
+    from sdvram.extras import require_profile_extra
+
+    try:
+        require_profile_extra()
+        if architecture is Architecture.tiny and weights is Weights.pretrained:
+            raise InputError("--architecture tiny has no pretrained weights; add --weights random.")
+        from sdvram.pipeline import RunSettings
+        from sdvram.profiler import ProfileRequest, oom_message, profile as run_profile
+
+        request = ProfileRequest(
+            image=image, height=height, width=width, prompt=prompt, device=device,
+            dtype=dtype.value if dtype else None, weights=weights.value, model=model,
+            architecture=architecture.value, save_image=save_image,
+            settings=RunSettings(steps=steps, strength=strength, guidance=guidance, batch=batch, seed=seed,
+                                 safety_checker=safety_checker),
+        )
+        with unet_progress() as progress:
+            record = run_profile(request, progress)
+        _finish(record, json_path, units)
+        if record.status == "out_of_memory":
+            raise OutOfMemoryError(oom_message(record))
+    except SdvramError as error:
+        fail(error)
+
+
+def _finish(record: Any, json_path: Path | None, units: Units) -> None:
+    """Write the record (whole or not at all) and print its table."""
+    from sdvram.record import write_json_atomic
+    from sdvram.report import record_table
+
+    if json_path is not None:
+        write_json_atomic(json_path, record.to_json())
+        err.print(f"wrote {json_path}", markup=False, highlight=False)
+    out.print(record_table(record, units))
+
+
+@contextmanager
+def unet_progress() -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over the UNet calls, on stderr, shown from the first call on (so an error before the
+    loop prints nothing but its sentence)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("denoising (UNet calls)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=True)
+    task = bar.add_task("unet", total=None)
+
+    def advance(done: int, total: int) -> None:
+        if not err.is_terminal:  # logs and pipes get the result, not a redrawn bar
+            return
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield advance
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def main() -> None:

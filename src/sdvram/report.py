@@ -11,7 +11,8 @@ from rich.text import Text
 
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR, STAGE_LABELS
-from sdvram.units import Units, format_bytes
+from sdvram.record import Record, StageRecord
+from sdvram.units import Units, format_bytes, format_signed_percent
 
 TOKEN_SOURCES = {"--prompt": " (counted from --prompt)", "manifest": " (the image's manifest prompt)",
                  "default": " (default: the pipeline pads to 77)"}
@@ -77,3 +78,94 @@ def estimate_document(result: Estimate) -> dict[str, Any]:
 def to_json(document: dict[str, Any]) -> str:
     """The one JSON document a ``--json`` option prints or writes."""
     return json.dumps(document, indent=2)
+
+
+def record_table(record: Record, units: Units, simulated: Record | None = None) -> Group:
+    """Per stage: the seed formula, the measured (or simulated) activation, peak allocated and reserved,
+    and the formula's error; then the whole run. ``simulated`` adds a column of simulated activations
+    beside a measured record."""
+    measured = "simulated" if record.kind == "simulate" else "measured"
+    inputs, settings = record.inputs, record.settings
+    heading = Text(
+        f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img "
+        f"({settings['architecture']}, {settings['weights']} weights, {settings['dtype']}) on "
+        f"{_device_name(record)}: {inputs['width']}x{inputs['height']} px, {inputs['prompt_tokens']} prompt "
+        f"tokens, {settings['steps']} steps x strength {settings['strength']:g}, guidance {settings['guidance']:g}, "
+        f"batch {settings['batch']}",
+        style="italic",
+    )
+    table = Table()
+    table.add_column("stage", no_wrap=True)
+    table.add_column("seed formula", justify="right")
+    if simulated is not None:
+        table.add_column("simulated activation", justify="right")
+    table.add_column(f"{measured} activation", justify="right")
+    table.add_column("peak allocated", justify="right")
+    reserved = record.peak_reserved is not None
+    if reserved:
+        table.add_column("peak reserved", justify="right")
+    table.add_column("formula error", justify="right")
+    peak_stage = record.peak_stage
+    for stage in record.stages:
+        observed = stage_observed(stage)
+        label = stage.label + (" *" if stage.name == peak_stage else "") + ("" if stage.completed else " (died)")
+        cells = [label, _maybe(stage.formula, units)]
+        if simulated is not None:
+            twin = simulated.stage(stage.name)
+            cells.append(_maybe(stage_observed(twin) if twin else None, units))
+        cells += [
+            format_bytes(observed, units),
+            format_bytes(stage.peak_allocated, units),
+            *([_maybe(stage.peak_reserved, units)] if reserved else []),
+            format_signed_percent(observed, stage.formula) if stage.formula is not None else "",
+        ]
+        table.add_row(*cells, style="bold" if stage.name == peak_stage else None)
+    table.add_section()
+    formula_total = record.formula["bytes"]["total"]
+    total_cells = ["whole run (peak)", format_bytes(formula_total, units)]
+    if simulated is not None:
+        total_cells.append(format_bytes(simulated.peak_allocated, units))
+    total_cells += [
+        "",
+        format_bytes(record.peak_allocated, units),
+        *([_maybe(record.peak_reserved, units)] if reserved else []),
+        format_signed_percent(record.peak_allocated, formula_total),
+    ]
+    table.add_row(*total_cells, style="bold")
+    table.caption = "formula error: (formula - observed) / observed; load compares the resident weights"
+    lines = [heading, table]
+    formula_peak = STAGE_LABELS[record.formula["peak_stage"]]
+    lines.append(Text(
+        f"Peak stage: formula {formula_peak}; {measured} {_stage_label(record, peak_stage)}. "
+        f"The formula's total includes its x1.2 overhead; 'whole run' compares it with the peak allocated."
+    ))
+    unet = record.stage("unet")
+    if unet is not None and unet.unet_calls:
+        lines.append(Text(f"The UNet ran {unet.unet_calls} times; its peak fell in call {unet.peak_call}."))
+    if record.device_peak is not None:
+        lines.append(Text(
+            f"NVML peak (nvidia-smi's memory.used, CUDA context and other processes included): "
+            f"{format_bytes(record.device_peak, units)}"
+            + (f"; this process: {format_bytes(record.process_peak, units)}" if record.process_peak else "")
+        ))
+    lines += [Text(f"- {note}") for note in record.notes]
+    return Group(*lines)
+
+
+def stage_observed(stage: StageRecord) -> int:
+    """The figure compared with the formula: the resident weights after loading, else the activation."""
+    return stage.allocated_end if stage.name == "load" else stage.activation
+
+
+def _device_name(record: Record) -> str:
+    env = record.environment
+    return str(env.get("gpu_name") or env.get("simulated_gpu") or env.get("device", "?"))
+
+
+def _stage_label(record: Record, name: str | None) -> str:
+    stage = record.stage(name) if name else None
+    return stage.label if stage else str(name)
+
+
+def _maybe(value: int | None, units: Units) -> str:
+    return "" if value is None else format_bytes(value, units)

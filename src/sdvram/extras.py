@@ -1,0 +1,20 @@
+"""Gatekeeping for the optional extras: one clear sentence and exit code 4 instead of an ImportError."""
+
+from __future__ import annotations
+
+import importlib.util
+
+PROFILE_MODULES = ("torch", "diffusers", "transformers")  # what `pip install 'sdvram[profile]'` brings
+
+
+def require_profile_extra() -> None:
+    """Raise ``MissingExtraError`` naming the first module of the profile extra that cannot be imported."""
+    from sdvram.errors import MissingExtraError
+
+    for module in PROFILE_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None  # finds without importing (torch takes seconds)
+        except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install
+            found = False
+        if not found:
+            raise MissingExtraError("profile", module)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -30,6 +31,13 @@ class Weights(str, Enum):
 class Architecture(str, Enum):
     sd15 = "sd15"
     tiny = "tiny"
+
+
+class Attention(str, Enum):
+    auto = "auto"
+    flash = "flash"
+    efficient = "efficient"
+    math = "math"
 
 app = typer.Typer(
     help="How much GPU memory Stable Diffusion v1.5 img2img needs, and why.",
@@ -114,44 +122,55 @@ def estimate(
         err.print(f"note: {note}", markup=False, highlight=False)
 
 
+ImageArg = Annotated[Path | None, typer.Argument(help="Input image (or give --h and --w).", show_default=False)]
+HeightOpt = Annotated[str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Height of a generated input image.")]
+WidthOpt = Annotated[str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Width of a generated input image.")]
+PromptOpt = Annotated[str | None, typer.Option("--prompt", help="Prompt (default: the image's manifest prompt).")]
+DTypeOpt = Annotated[DType | None, typer.Option("--dtype", help="Weights and activations (default float16 on a GPU, float32 on the CPU).")]
+ArchitectureOpt = Annotated[Architecture, typer.Option("--architecture", help="sd15, or tiny: a miniature for testing on a CPU (random weights only).")]
+StepsOpt = Annotated[int, typer.Option("--steps", help="num_inference_steps (the loop runs steps x strength of them).")]
+StrengthOpt = Annotated[float, typer.Option("--strength", help="img2img strength.")]
+GuidanceOpt = Annotated[float, typer.Option("--guidance", help="guidance_scale; above 1 doubles the UNet batch.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="num_images_per_prompt.")]
+SafetyOpt = Annotated[bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the safety checker, as the pipeline ships.")]
+JsonPathOpt = Annotated[Path | None, typer.Option("--json", help="Write the whole record to this file (atomically).")]
+
+
 @app.command()
 def profile(
-    image: Annotated[Path | None, typer.Argument(help="Input image (or give --h and --w).", show_default=False)] = None,
-    height: Annotated[str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Height of a generated input image.")] = None,
-    width: Annotated[str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Width of a generated input image.")] = None,
-    prompt: Annotated[str | None, typer.Option("--prompt", help="Prompt (default: the image's manifest prompt).")] = None,
+    image: ImageArg = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    prompt: PromptOpt = None,
     device: Annotated[str, typer.Option("--device", help="cuda, cuda:N, or cpu (the same instrumented pipeline).")] = "cuda",
-    dtype: Annotated[DType | None, typer.Option("--dtype", help="Weights and activations (default float16 on CUDA, float32 on the CPU).")] = None,
+    dtype: DTypeOpt = None,
     weights: Annotated[Weights, typer.Option("--weights", help="pretrained: load --model; random: build the architecture from the shipped configs (same memory, no download).")] = Weights.pretrained,
     model: Annotated[str, typer.Option("--model", help="Hub id or local folder for --weights pretrained.")] = "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    architecture: Annotated[Architecture, typer.Option("--architecture", help="sd15, or tiny: a miniature for testing on a CPU (random weights only).")] = Architecture.sd15,
-    steps: Annotated[int, typer.Option("--steps", help="num_inference_steps (the loop runs steps x strength of them).")] = 50,
-    strength: Annotated[float, typer.Option("--strength", help="img2img strength.")] = 0.8,
-    guidance: Annotated[float, typer.Option("--guidance", help="guidance_scale; above 1 doubles the UNet batch.")] = 5.0,
-    batch: Annotated[int, typer.Option("--batch", help="num_images_per_prompt.")] = 1,
+    architecture: ArchitectureOpt = Architecture.sd15,
+    steps: StepsOpt = 50,
+    strength: StrengthOpt = 0.8,
+    guidance: GuidanceOpt = 5.0,
+    batch: BatchOpt = 1,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the generator.")] = 0,
-    safety_checker: Annotated[bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the safety checker, as the pipeline ships.")] = True,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the whole record to this file (atomically).")] = None,
+    safety_checker: SafetyOpt = True,
+    json_path: JsonPathOpt = None,
     save_image: Annotated[Path | None, typer.Option("--save-image", help="Keep the pipeline's output image here.")] = None,
     units: UnitsOption = Units.gib,
 ) -> None:
-    """Run the real SD v1.5 img2img pipeline and record the peak memory of every stage beside the formula."""
+    """Run the real SD v1.5 img2img pipeline and record the peak memory of every stage beside the formula
+    (and, on a GPU, beside the simulation of the same settings)."""
     from sdvram.extras import require_profile_extra
 
     try:
         require_profile_extra()
         if architecture is Architecture.tiny and weights is Weights.pretrained:
             raise InputError("--architecture tiny has no pretrained weights; add --weights random.")
-        from sdvram.pipeline import RunSettings
-        from sdvram.profiler import ProfileRequest, oom_message, profile as run_profile
+        from sdvram.profiler import oom_message
+        from sdvram.profiler import profile as run_profile
 
-        request = ProfileRequest(
-            image=image, height=height, width=width, prompt=prompt, device=device,
-            dtype=dtype.value if dtype else None, weights=weights.value, model=model,
-            architecture=architecture.value, save_image=save_image,
-            settings=RunSettings(steps=steps, strength=strength, guidance=guidance, batch=batch, seed=seed,
-                                 safety_checker=safety_checker),
-        )
+        request = _request(image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch,
+                           safety_checker, device=device, weights=weights.value, model=model, seed=seed,
+                           save_image=save_image)
         with unet_progress() as progress:
             record = run_profile(request, progress)
         _finish(record, json_path, units)
@@ -161,15 +180,74 @@ def profile(
         fail(error)
 
 
+@app.command()
+def simulate(
+    image: ImageArg = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    prompt: PromptOpt = None,
+    gpu: Annotated[str, typer.Option("--gpu", help="The GPU to predict (t4, rtx3060, rtx4090, a10g, l4, a100-40gb, a100-80gb, h100, h200; cpu).")] = "h100",
+    dtype: DTypeOpt = None,
+    architecture: ArchitectureOpt = Architecture.sd15,
+    steps: StepsOpt = 50,
+    strength: StrengthOpt = 0.8,
+    guidance: GuidanceOpt = 5.0,
+    batch: BatchOpt = 1,
+    safety_checker: SafetyOpt = True,
+    attention: Annotated[Attention, typer.Option("--attention", help="auto: the kernel PyTorch picks for the GPU; or allow only flash, efficient or math (as torch.nn.attention.sdpa_kernel would).")] = None,  # type: ignore[assignment]
+    explain: Annotated[bool, typer.Option("--explain", help="List the live tensors at each peak, grouped by the module that made them.")] = False,
+    json_path: JsonPathOpt = None,
+    units: UnitsOption = Units.gib,
+) -> None:
+    """Predict a GPU's per-stage peak memory without a GPU: the real pipeline on the meta device."""
+    from sdvram.extras import require_profile_extra
+
+    try:
+        require_profile_extra()
+        from sdvram.gpus import find_gpu
+        from sdvram.simulate import SimulateOptions
+        from sdvram.simulate import simulate as run_simulate
+
+        target = find_gpu(gpu)
+        request = _request(image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch,
+                           safety_checker, device="meta", weights="random")
+        if request.dtype is None:
+            request = replace(request, dtype="float16" if target.is_cuda else "float32")
+        options = SimulateOptions(target, (attention or Attention.auto).value, explain)
+        with unet_progress() as progress:
+            record = run_simulate(request, options, progress)
+        _finish(record, json_path, units)
+    except SdvramError as error:
+        fail(error)
+
+
+def _request(image: Path | None, height: str | None, width: str | None, prompt: str | None, dtype: DType | None,
+             architecture: Architecture, steps: int, strength: float, guidance: float, batch: int,
+             safety_checker: bool, **rest: Any) -> Any:
+    """The ProfileRequest both commands build from their shared options."""
+    from sdvram.pipeline import RunSettings
+    from sdvram.profiler import ProfileRequest
+
+    settings = RunSettings(steps=steps, strength=strength, guidance=guidance, batch=batch,
+                           seed=rest.pop("seed", 0), safety_checker=safety_checker)
+    return ProfileRequest(image=image, height=height, width=width, prompt=prompt,
+                          dtype=dtype.value if dtype else None, architecture=architecture.value,
+                          settings=settings, **rest)
+
+
 def _finish(record: Any, json_path: Path | None, units: Units) -> None:
-    """Write the record (whole or not at all) and print its table."""
+    """Write the record (whole or not at all) and print its tables."""
     from sdvram.record import write_json_atomic
-    from sdvram.report import record_table
+    from sdvram.report import explain_tables, record_table, simulation_notes
 
     if json_path is not None:
         write_json_atomic(json_path, record.to_json())
         err.print(f"wrote {json_path}", markup=False, highlight=False)
     out.print(record_table(record, units))
+    if record.kind == "simulate":
+        out.print(simulation_notes(record, units))
+        if "explain" in record.extra:
+            out.print(explain_tables(record, units))
 
 
 @contextmanager

@@ -8,7 +8,6 @@ storage, for ``simulate``. Imports torch, diffusers and transformers: reached on
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,7 +99,7 @@ def clip_tokenizer() -> CLIPTokenizer:
 def expected_unet_calls(scheduler: Any, steps: int, strength: float) -> int:
     """How many times the img2img loop calls the UNet: the scheduler's timesteps after the strength cut,
     as ``StableDiffusionImg2ImgPipeline.get_timesteps`` takes them (41 for PNDM, 50 steps, strength 0.8)."""
-    schedule = copy.deepcopy(scheduler)
+    schedule = type(scheduler).from_config(scheduler.config)  # a fresh one: the pipeline's keeps its state
     schedule.set_timesteps(steps)
     init_timestep = min(int(steps * strength), steps)
     t_start = max(steps - init_timestep, 0)

@@ -25,7 +25,7 @@ from sdvram.errors import InputError, NoCudaError, OutOfMemoryError
 from sdvram.estimate import Estimate, estimate
 from sdvram.images import load_rgb
 from sdvram.inputs import parse_batch
-from sdvram.meters import CudaMeter, LiveTensorMeter, Meter
+from sdvram.meters import CudaMeter, LiveTensorMeter, Meter, Snapshot
 from sdvram.pipeline import DEFAULT_MODEL, RunSettings, build_pipeline, expected_unet_calls, run_pipeline
 from sdvram.record import STAGE_LABELS, Record, StageRecord
 from sdvram.report import estimate_document
@@ -72,6 +72,7 @@ class StageRecorder:
         self.peak_reserved: int | None = None
         self._started = 0.0
         self.unet_call_peaks: list[int] = []
+        self.snapshots: dict[str, Snapshot] = {}  # stage name (or "overall") -> live storages at its peak
 
     def begin(self, name: str) -> None:
         self.end()
@@ -82,10 +83,16 @@ class StageRecorder:
 
     def checkpoint(self) -> int:
         peak = self.meter.take_peak()
+        if peak.snapshot is not None and (peak.allocated > self.peak_allocated or "overall" not in self.snapshots):
+            self.snapshots["overall"] = peak.snapshot
         self.peak_allocated = max(self.peak_allocated, peak.allocated)
         if peak.reserved is not None:
             self.peak_reserved = max(self.peak_reserved or 0, peak.reserved)
         if self.current is not None:
+            name = self.current.name
+            if peak.snapshot is not None and (peak.allocated > self.current.peak_allocated
+                                              or name not in self.snapshots):
+                self.snapshots[name] = peak.snapshot
             self.current.peak_allocated = max(self.current.peak_allocated, peak.allocated)
             if peak.reserved is not None:
                 self.current.peak_reserved = max(self.current.peak_reserved or 0, peak.reserved)
@@ -169,9 +176,10 @@ def check_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def profile(request: ProfileRequest, progress: Progress | None = None) -> Record:
+def profile(request: ProfileRequest, progress: Progress | None = None, simulate_too: bool = True) -> Record:
     """Run the pipeline once on ``request.device`` and record every stage. An out-of-memory error ends the
-    run; the record is still returned, with ``status="out_of_memory"`` and the stage it died in."""
+    run; the record is still returned, with ``status="out_of_memory"`` and the stage it died in. On a GPU
+    (and ``simulate_too``) the record also carries the simulation of the same settings."""
     device = check_device(request.device)
     formula, picture = resolve_inputs(request)
     meter: Meter = CudaMeter(device) if device.type == "cuda" else LiveTensorMeter("cpu")
@@ -199,11 +207,24 @@ def profile(request: ProfileRequest, progress: Progress | None = None) -> Record
     finish_record(record, recorder, formula)
     if record.status == "completed" and request.save_image is not None:
         _save_image(output.images[0], request.save_image)
+    if device.type == "cuda" and simulate_too:
+        record.simulation = _simulate_this_gpu(request, device)
     return record
 
 
+def _simulate_this_gpu(request: ProfileRequest, device: torch.device) -> Record:
+    """The simulation of the same settings for the GPU the profile ran on, so every real run checks the
+    simulator (it costs seconds)."""
+    from sdvram.gpus import spec_for_device
+    from sdvram.simulate import SimulateOptions, simulate
+
+    props = torch.cuda.get_device_properties(device)
+    gpu = spec_for_device(props.name, (props.major, props.minor), int(props.total_memory))
+    return simulate(replace(request, dtype=request.resolved_dtype), SimulateOptions(gpu))
+
+
 def run_instrumented(pipe: Any, picture: Image.Image, prompt: str, settings: RunSettings,
-                     recorder: StageRecorder, progress: Progress | None = None) -> Any:
+                     recorder: StageRecorder, progress: Progress | None = None, output_type: str = "pil") -> Any:
     """One pipeline call with its steps wrapped so that ``recorder`` sees every stage boundary."""
     expected = expected_unet_calls(pipe.scheduler, settings.steps, settings.strength)
     recorder.unet_call_peaks = []
@@ -234,8 +255,8 @@ def run_instrumented(pipe: Any, picture: Image.Image, prompt: str, settings: Run
                 (pipe.unet, "forward", unet_forward), (pipe.vae, "decode", staged("vae_decode"))]
     if pipe.safety_checker is not None:
         wrappers.append((pipe, "run_safety_checker", staged("safety_checker")))
-    with _patched(wrappers):
-        output = run_pipeline(pipe, picture, prompt, settings, output_type="pil")
+    with patched(wrappers):
+        output = run_pipeline(pipe, picture, prompt, settings, output_type=output_type)
     recorder.end()
     recorder.checkpoint()
     return output
@@ -337,15 +358,21 @@ def _track_resident(meter: LiveTensorMeter, pipe: Any) -> None:
 
 
 @contextmanager
-def _patched(wrappers: list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]]) -> Iterator[None]:
-    """Replace ``obj.attr`` by ``wrap(obj.attr)`` for each entry, and restore them afterwards."""
+def patched(wrappers: list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]]) -> Iterator[None]:
+    """Replace ``obj.attr`` by ``wrap(obj.attr)`` for each entry (an instance attribute), and put back
+    exactly what the instance had afterwards (nothing, when the attribute came from its class)."""
+    missing = object()
+    saved = [(obj, attr, vars(obj).get(attr, missing)) for obj, attr, _ in wrappers]
     for obj, attr, wrap in wrappers:
         setattr(obj, attr, wrap(getattr(obj, attr)))
     try:
         yield
     finally:
-        for obj, attr, _ in wrappers:
-            delattr(obj, attr)  # the instance attribute goes; the class's method shows through again
+        for obj, attr, previous in reversed(saved):
+            if previous is missing:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, previous)
 
 
 def _save_image(image: Image.Image, path: Path) -> None:

@@ -70,6 +70,7 @@ class Record:
     status: str = "completed"  # or "out_of_memory"
     failed_stage: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    simulation: Record | None = None  # a profile on a GPU carries the simulation of the same settings
 
     @property
     def peak_stage(self) -> str | None:
@@ -84,6 +85,7 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["stages"] = [s.to_json() for s in self.stages]
+        data["simulation"] = self.simulation.to_json() if self.simulation is not None else None
         data["peak_stage"] = self.peak_stage
         data["record_version"] = RECORD_VERSION
         return data

@@ -80,10 +80,11 @@ def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2)
 
 
-def record_table(record: Record, units: Units, simulated: Record | None = None) -> Group:
+def record_table(record: Record, units: Units) -> Group:
     """Per stage: the seed formula, the measured (or simulated) activation, peak allocated and reserved,
-    and the formula's error; then the whole run. ``simulated`` adds a column of simulated activations
-    beside a measured record."""
+    and the formula's error; then the whole run. A measured record that carries its simulation gets a
+    column of simulated activations beside the measured ones."""
+    simulated = record.simulation
     measured = "simulated" if record.kind == "simulate" else "measured"
     inputs, settings = record.inputs, record.settings
     heading = Text(
@@ -99,6 +100,7 @@ def record_table(record: Record, units: Units, simulated: Record | None = None) 
     table.add_column("seed formula", justify="right")
     if simulated is not None:
         table.add_column("simulated activation", justify="right")
+        table.add_column("simulation error", justify="right")
     table.add_column(f"{measured} activation", justify="right")
     table.add_column("peak allocated", justify="right")
     reserved = record.peak_reserved is not None
@@ -113,6 +115,7 @@ def record_table(record: Record, units: Units, simulated: Record | None = None) 
         if simulated is not None:
             twin = simulated.stage(stage.name)
             cells.append(_maybe(stage_observed(twin) if twin else None, units))
+            cells.append(format_signed_percent(observed, stage_observed(twin)) if twin else "")
         cells += [
             format_bytes(observed, units),
             format_bytes(stage.peak_allocated, units),
@@ -124,7 +127,8 @@ def record_table(record: Record, units: Units, simulated: Record | None = None) 
     formula_total = record.formula["bytes"]["total"]
     total_cells = ["whole run (peak)", format_bytes(formula_total, units)]
     if simulated is not None:
-        total_cells.append(format_bytes(simulated.peak_allocated, units))
+        total_cells += [format_bytes(simulated.peak_allocated, units) + " peak",
+                        format_signed_percent(record.peak_allocated, simulated.peak_allocated)]
     total_cells += [
         "",
         format_bytes(record.peak_allocated, units),
@@ -132,7 +136,7 @@ def record_table(record: Record, units: Units, simulated: Record | None = None) 
         format_signed_percent(record.peak_allocated, formula_total),
     ]
     table.add_row(*total_cells, style="bold")
-    table.caption = "formula error: (formula - observed) / observed; load compares the resident weights"
+    table.caption = "error: (prediction - observed) / observed; for load, the resident weights"
     lines = [heading, table]
     formula_peak = STAGE_LABELS[record.formula["peak_stage"]]
     lines.append(Text(
@@ -169,3 +173,57 @@ def _stage_label(record: Record, name: str | None) -> str:
 
 def _maybe(value: int | None, units: Units) -> str:
     return "" if value is None else format_bytes(value, units)
+
+
+def simulation_notes(record: Record, units: Units) -> Group:
+    """Does it fit, which attention kernels ran, and what the simulation does not model."""
+    lines: list[Text] = []
+    fit = record.extra.get("fit")
+    if fit:
+        style = {"fits": "green", "tight": "yellow", "does not fit": "bold red"}[fit["verdict"]]
+        lines.append(Text(
+            f"{record.environment['simulated_gpu']}: predicted peak {format_bytes(fit['peak'], units)} of "
+            f"{format_bytes(fit['capacity'], units)} ({fit['share']:.0%}): {fit['verdict']} "
+            f"(keeping {format_bytes(fit['allowance'], units)} for the CUDA context and workspaces).",
+            style=style,
+        ))
+    kernels: dict[str, list[str]] = {}
+    for call in record.extra.get("attention_calls", []):
+        kernels.setdefault(call["backend"], []).append(str(call["head_dim"]))
+    if kernels:
+        lines.append(Text("Attention kernels: " + "; ".join(
+            f"{backend} (head dims {', '.join(sorted(set(dims), key=int))})" for backend, dims in kernels.items())))
+    lines.append(Text("Not modelled:"))
+    lines += [Text(f"- {item}") for item in record.extra.get("not_modelled", [])]
+    return Group(*lines)
+
+
+def explain_tables(record: Record, units: Units, groups: int = 12) -> Group:
+    """For the overall peak and each stage's peak: the live tensors grouped by the module that created
+    them, largest first, summing to the peak."""
+    explained = record.extra.get("explain", {})
+    parts: list[Any] = []
+    order = ["overall", *[s.name for s in record.stages]]
+    for name in order:
+        if name not in explained:
+            continue
+        data = explained[name]
+        title = "the overall peak" if name == "overall" else f"the {_stage_label(record, name)} peak"
+        table = Table(title=f"Live at {title}: {format_bytes(data['total'], units)}", title_justify="left")
+        table.add_column("created by", no_wrap=True)
+        table.add_column("tensors", justify="right")
+        table.add_column("size", justify="right")
+        table.add_column("largest")
+        shown = data["groups"][:groups]
+        for group in shown:
+            largest = ", ".join(f"{'x'.join(map(str, t['shape']))} {t['dtype']}" for t in group["tensors"][:2])
+            table.add_row(group["module"], str(group["count"]), format_bytes(group["bytes"], units), largest)
+        rest = data["groups"][groups:]
+        if rest:
+            table.add_row(f"{len(rest)} other modules", str(sum(g["count"] for g in rest)),
+                          format_bytes(sum(g["bytes"] for g in rest), units), "")
+        table.add_section()
+        table.add_row("total", str(sum(g["count"] for g in data["groups"])), format_bytes(data["total"], units), "",
+                      style="bold")
+        parts.append(table)
+    return Group(*parts)

@@ -42,3 +42,12 @@ def test_device_level_figures_exceed_the_allocator_peak(record) -> None:
     if record.device_peak is not None:  # NVML present: the CUDA context comes on top
         assert record.device_peak > record.peak_allocated
     assert record.environment["gpu_name"]
+
+
+def test_profile_carries_the_simulation_of_the_same_settings(record) -> None:
+    sim = record.simulation
+    assert sim is not None and sim.kind == "simulate"
+    assert [s.name for s in sim.stages] == [s.name for s in record.stages]
+    # The weights are the same tensors, each rounded to 512-byte blocks by the caching allocator and by the
+    # simulation alike: the resident bytes after loading must agree to the byte.
+    assert sim.stage("load").allocated_end == record.stage("load").allocated_end

@@ -116,7 +116,9 @@ def run_pipeline(
     pipe.set_progress_bar_config(disable=True)
     return pipe(
         prompt=prompt,
-        image=image,
+        # One image per generated image: diffusers deprecates duplicating a single init image for
+        # num_images_per_prompt > 1 (a FutureWarning); passing the batch encodes each, as it will have to.
+        image=[image] * settings.batch if settings.batch > 1 else image,
         strength=settings.strength,
         guidance_scale=settings.guidance,
         num_inference_steps=settings.steps,

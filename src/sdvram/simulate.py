@@ -106,6 +106,7 @@ class Simulator:
         record = new_record("simulate", request, formula, picture)
         recorder = StageRecorder(meter)
         attention = AttentionModel(options.gpu, options.attention)
+        scheduler_tables = self._fresh_scheduler(host_is_device=not options.gpu.is_cuda)  # before the patches
         with ExitStack() as exits:
             exits.enter_context(meter)
             if options.explain:  # global module hooks cost time on every forward call: only when asked
@@ -116,10 +117,8 @@ class Simulator:
                 exits.enter_context(patched([(self.pipe.unet, "forward", UNetReplay(meter, attention).wrap)]))
             with recorder.stage("load"):
                 weights = self._track_weights(meter)
-                if not options.gpu.is_cuda:  # on a CPU the scheduler's tables live in the measured memory
-                    stand_ins = self._scheduler_stand_ins()
-                    for tensor in stand_ins:
-                        meter.track(tensor, owner="scheduler state", resident=True)
+                for tensor in scheduler_tables:
+                    meter.track(tensor, owner="scheduler state", resident=True)
             run_instrumented(self.pipe, picture, formula.prompt or DEFAULT_PROMPT, request.settings, recorder,
                              progress, output_type="pt")
         finish_record(record, recorder, formula)
@@ -140,12 +139,20 @@ class Simulator:
             record.extra["explain"] = {name: explain(snapshot) for name, snapshot in recorder.snapshots.items()}
         return record
 
-    def _scheduler_stand_ins(self) -> list[torch.Tensor]:
-        """Meta copies of the scheduler's host tensors (betas, alphas, ...), for a CPU target, where the host
-        is the device being measured. The caller keeps them alive for the run."""
-        scheduler = self.pipe.scheduler
-        return [torch.empty_like(value, device="meta") for name, value in vars(scheduler).items()
-                if isinstance(value, torch.Tensor) and name != "timesteps"]
+    def _fresh_scheduler(self, host_is_device: bool) -> list[torch.Tensor]:
+        """Give the pipeline a new scheduler, as a new process has: the scheduler keeps state between calls
+        (``add_noise`` moves ``alphas_cumprod`` to the device and keeps it there). For a CPU target the host
+        is the measured device, so its tables (betas, alphas, ...) are made on meta and returned, to be
+        counted; for a GPU they stay on the host, as they do on a GPU."""
+        old = self.pipe.scheduler
+        self.pipe.scheduler = scheduler = type(old).from_config(old.config)
+        if not host_is_device:
+            return []
+        tables = [name for name, value in vars(scheduler).items()
+                  if isinstance(value, torch.Tensor) and name != "timesteps"]
+        for name in tables:
+            setattr(scheduler, name, getattr(scheduler, name).to("meta"))
+        return [getattr(scheduler, name) for name in tables]
 
     def _track_weights(self, meter: LiveTensorMeter) -> dict[str, dict[str, int]]:
         """Count every parameter and buffer as resident; return their exact (unrounded) bytes per component."""

@@ -19,7 +19,6 @@ from diffusers import AutoencoderKL, PNDMScheduler  # noqa: E402
 
 from sdvram.architecture import component_config  # noqa: E402
 from sdvram.cli import app  # noqa: E402
-from sdvram.pipeline import RunSettings  # noqa: E402
 from sdvram.profiler import ProfileRequest, profile  # noqa: E402
 from sdvram.record import write_json_atomic  # noqa: E402
 

@@ -39,6 +39,7 @@ class Attention(str, Enum):
     efficient = "efficient"
     math = "math"
 
+
 app = typer.Typer(
     help="How much GPU memory Stable Diffusion v1.5 img2img needs, and why.",
     no_args_is_help=True,
@@ -88,7 +89,9 @@ def estimate(
     ] = None,
     tokens: Annotated[
         str | None,
-        typer.Option("--tokens", metavar="N", help="CLIP prompt tokens, 1 to 77 (default 77, what the pipeline pads to)."),
+        typer.Option(
+            "--tokens", metavar="N", help="CLIP prompt tokens, 1 to 77 (default 77, what the pipeline pads to)."
+        ),
     ] = None,
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="Count the tokens of this prompt as the pipeline does.")
@@ -102,7 +105,9 @@ def estimate(
         ),
     ] = False,
     units: UnitsOption = Units.gib,
-    json_: Annotated[bool, typer.Option("--json", help="Print one JSON document (bytes) instead of the table.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (bytes) instead of the table.")
+    ] = False,
 ) -> None:
     """Evaluate the seed formula, stage by stage, in pure Python (no GPU, no torch)."""
     from sdvram.estimate import estimate as run_estimate
@@ -123,16 +128,28 @@ def estimate(
 
 
 ImageArg = Annotated[Path | None, typer.Argument(help="Input image (or give --h and --w).", show_default=False)]
-HeightOpt = Annotated[str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Height of a generated input image.")]
-WidthOpt = Annotated[str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Width of a generated input image.")]
+HeightOpt = Annotated[
+    str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Height of a generated input image.")
+]
+WidthOpt = Annotated[
+    str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Width of a generated input image.")
+]
 PromptOpt = Annotated[str | None, typer.Option("--prompt", help="Prompt (default: the image's manifest prompt).")]
-DTypeOpt = Annotated[DType | None, typer.Option("--dtype", help="Weights and activations (default float16 on a GPU, float32 on the CPU).")]
-ArchitectureOpt = Annotated[Architecture, typer.Option("--architecture", help="sd15, or tiny: a miniature for testing on a CPU (random weights only).")]
+DTypeOpt = Annotated[
+    DType | None,
+    typer.Option("--dtype", help="Weights and activations (default float16 on a GPU, float32 on the CPU)."),
+]
+ArchitectureOpt = Annotated[
+    Architecture,
+    typer.Option("--architecture", help="sd15, or tiny: a miniature for testing on a CPU (random weights only)."),
+]
 StepsOpt = Annotated[int, typer.Option("--steps", help="num_inference_steps (the loop runs steps x strength of them).")]
 StrengthOpt = Annotated[float, typer.Option("--strength", help="img2img strength.")]
 GuidanceOpt = Annotated[float, typer.Option("--guidance", help="guidance_scale; above 1 doubles the UNet batch.")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="num_images_per_prompt.")]
-SafetyOpt = Annotated[bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the safety checker, as the pipeline ships.")]
+SafetyOpt = Annotated[
+    bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the safety checker, as the pipeline ships.")
+]
 JsonPathOpt = Annotated[Path | None, typer.Option("--json", help="Write the whole record to this file (atomically).")]
 
 
@@ -142,10 +159,21 @@ def profile(
     height: HeightOpt = None,
     width: WidthOpt = None,
     prompt: PromptOpt = None,
-    device: Annotated[str, typer.Option("--device", help="cuda, cuda:N, or cpu (the same instrumented pipeline).")] = "cuda",
+    device: Annotated[
+        str, typer.Option("--device", help="cuda, cuda:N, or cpu (the same instrumented pipeline).")
+    ] = "cuda",
     dtype: DTypeOpt = None,
-    weights: Annotated[Weights, typer.Option("--weights", help="pretrained: load --model; random: build the architecture from the shipped configs (same memory, no download).")] = Weights.pretrained,
-    model: Annotated[str, typer.Option("--model", help="Hub id or local folder for --weights pretrained.")] = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    weights: Annotated[
+        Weights,
+        typer.Option(
+            "--weights",
+            help="pretrained: load --model; random: build the architecture from the shipped configs "
+            "(same memory, no download).",
+        ),
+    ] = Weights.pretrained,
+    model: Annotated[
+        str, typer.Option("--model", help="Hub id or local folder for --weights pretrained.")
+    ] = "stable-diffusion-v1-5/stable-diffusion-v1-5",
     architecture: ArchitectureOpt = Architecture.sd15,
     steps: StepsOpt = 50,
     strength: StrengthOpt = 0.8,
@@ -154,7 +182,9 @@ def profile(
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the generator.")] = 0,
     safety_checker: SafetyOpt = True,
     json_path: JsonPathOpt = None,
-    save_image: Annotated[Path | None, typer.Option("--save-image", help="Keep the pipeline's output image here.")] = None,
+    save_image: Annotated[
+        Path | None, typer.Option("--save-image", help="Keep the pipeline's output image here.")
+    ] = None,
     units: UnitsOption = Units.gib,
 ) -> None:
     """Run the real SD v1.5 img2img pipeline and record the peak memory of every stage beside the formula
@@ -168,9 +198,24 @@ def profile(
         from sdvram.profiler import oom_message
         from sdvram.profiler import profile as run_profile
 
-        request = _request(image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch,
-                           safety_checker, device=device, weights=weights.value, model=model, seed=seed,
-                           save_image=save_image)
+        request = _request(
+            image,
+            height,
+            width,
+            prompt,
+            dtype,
+            architecture,
+            steps,
+            strength,
+            guidance,
+            batch,
+            safety_checker,
+            device=device,
+            weights=weights.value,
+            model=model,
+            seed=seed,
+            save_image=save_image,
+        )
         with unet_progress() as progress:
             record = run_profile(request, progress)
         _finish(record, json_path, units)
@@ -186,7 +231,12 @@ def simulate(
     height: HeightOpt = None,
     width: WidthOpt = None,
     prompt: PromptOpt = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="The GPU to predict (t4, rtx3060, rtx4090, a10g, l4, a100-40gb, a100-80gb, h100, h200; cpu).")] = "h100",
+    gpu: Annotated[
+        str,
+        typer.Option(
+            "--gpu", help="The GPU to predict (t4, rtx3060, rtx4090, a10g, l4, a100-40gb, a100-80gb, h100, h200; cpu)."
+        ),
+    ] = "h100",
     dtype: DTypeOpt = None,
     architecture: ArchitectureOpt = Architecture.sd15,
     steps: StepsOpt = 50,
@@ -194,8 +244,18 @@ def simulate(
     guidance: GuidanceOpt = 5.0,
     batch: BatchOpt = 1,
     safety_checker: SafetyOpt = True,
-    attention: Annotated[Attention, typer.Option("--attention", help="auto: the kernel PyTorch picks for the GPU; or allow only flash, efficient or math (as torch.nn.attention.sdpa_kernel would).")] = None,  # type: ignore[assignment]
-    explain: Annotated[bool, typer.Option("--explain", help="List the live tensors at each peak, grouped by the module that made them.")] = False,
+    attention: Annotated[
+        Attention,
+        typer.Option(
+            "--attention",
+            help="auto: the kernel PyTorch picks for the GPU; or allow only flash, efficient or math "
+            "(as torch.nn.attention.sdpa_kernel would).",
+        ),
+    ] = None,  # type: ignore[assignment]
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="List the live tensors at each peak, grouped by the module that made them."),
+    ] = False,
     json_path: JsonPathOpt = None,
     units: UnitsOption = Units.gib,
 ) -> None:
@@ -209,8 +269,21 @@ def simulate(
         from sdvram.simulate import simulate as run_simulate
 
         target = find_gpu(gpu)
-        request = _request(image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch,
-                           safety_checker, device="meta", weights="random")
+        request = _request(
+            image,
+            height,
+            width,
+            prompt,
+            dtype,
+            architecture,
+            steps,
+            strength,
+            guidance,
+            batch,
+            safety_checker,
+            device="meta",
+            weights="random",
+        )
         if request.dtype is None:
             request = replace(request, dtype="float16" if target.is_cuda else "float32")
         options = SimulateOptions(target, (attention or Attention.auto).value, explain)
@@ -221,18 +294,42 @@ def simulate(
         fail(error)
 
 
-def _request(image: Path | None, height: str | None, width: str | None, prompt: str | None, dtype: DType | None,
-             architecture: Architecture, steps: int, strength: float, guidance: float, batch: int,
-             safety_checker: bool, **rest: Any) -> Any:
+def _request(
+    image: Path | None,
+    height: str | None,
+    width: str | None,
+    prompt: str | None,
+    dtype: DType | None,
+    architecture: Architecture,
+    steps: int,
+    strength: float,
+    guidance: float,
+    batch: int,
+    safety_checker: bool,
+    **rest: Any,
+) -> Any:
     """The ProfileRequest both commands build from their shared options."""
     from sdvram.pipeline import RunSettings
     from sdvram.profiler import ProfileRequest
 
-    settings = RunSettings(steps=steps, strength=strength, guidance=guidance, batch=batch,
-                           seed=rest.pop("seed", 0), safety_checker=safety_checker)
-    return ProfileRequest(image=image, height=height, width=width, prompt=prompt,
-                          dtype=dtype.value if dtype else None, architecture=architecture.value,
-                          settings=settings, **rest)
+    settings = RunSettings(
+        steps=steps,
+        strength=strength,
+        guidance=guidance,
+        batch=batch,
+        seed=rest.pop("seed", 0),
+        safety_checker=safety_checker,
+    )
+    return ProfileRequest(
+        image=image,
+        height=height,
+        width=width,
+        prompt=prompt,
+        dtype=dtype.value if dtype else None,
+        architecture=architecture.value,
+        settings=settings,
+        **rest,
+    )
 
 
 def _finish(record: Any, json_path: Path | None, units: Units) -> None:
@@ -256,8 +353,14 @@ def unet_progress() -> Iterator[Callable[[int, int], None]]:
     loop prints nothing but its sentence)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("denoising (UNet calls)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=err, transient=True)
+    bar = Progress(
+        TextColumn("denoising (UNet calls)"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     task = bar.add_task("unet", total=None)
 
     def advance(done: int, total: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdvram.errors import InputError, NoCudaError, OutOfMemoryError
+from sdvram.errors import InputError, NoCudaError
 from sdvram.estimate import Estimate, estimate
 from sdvram.images import load_rgb
 from sdvram.inputs import parse_batch
@@ -44,8 +44,8 @@ class ProfileRequest:
     """Everything a profile run needs, validated by ``resolve_inputs``."""
 
     image: Path | None = None
-    height: int | None = None
-    width: int | None = None
+    height: int | str | None = None  # as typed by the user; estimate() validates them
+    width: int | str | None = None
     prompt: str | None = None
     device: str = "cuda"
     dtype: str | None = None  # None: float16 on CUDA, float32 elsewhere
@@ -358,7 +358,7 @@ def _track_resident(meter: LiveTensorMeter, pipe: Any) -> None:
 
 
 @contextmanager
-def patched(wrappers: list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]]) -> Iterator[None]:
+def patched(wrappers: Sequence[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]]) -> Iterator[None]:
     """Replace ``obj.attr`` by ``wrap(obj.attr)`` for each entry (an instance attribute), and put back
     exactly what the instance had afterwards (nothing, when the attribute came from its class)."""
     missing = object()

@@ -87,9 +87,10 @@ def record_table(record: Record, units: Units) -> Group:
     simulated = record.simulation
     measured = "simulated" if record.kind == "simulate" else "measured"
     inputs, settings = record.inputs, record.settings
+    build = (f"{settings['architecture']}, {settings['dtype']}" if record.kind == "simulate"
+             else f"{settings['architecture']}, {settings['weights']} weights, {settings['dtype']}")
     heading = Text(
-        f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img "
-        f"({settings['architecture']}, {settings['weights']} weights, {settings['dtype']}) on "
+        f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img ({build}) on "
         f"{_device_name(record)}: {inputs['width']}x{inputs['height']} px, {inputs['prompt_tokens']} prompt "
         f"tokens, {settings['steps']} steps x strength {settings['strength']:g}, guidance {settings['guidance']:g}, "
         f"batch {settings['batch']}",
@@ -137,7 +138,7 @@ def record_table(record: Record, units: Units) -> Group:
     ]
     table.add_row(*total_cells, style="bold")
     table.caption = "error: (prediction - observed) / observed; for load, the resident weights"
-    lines = [heading, table]
+    lines: list[Any] = [heading, table]
     formula_peak = STAGE_LABELS[record.formula["peak_stage"]]
     lines.append(Text(
         f"Peak stage: formula {formula_peak}; {measured} {_stage_label(record, peak_stage)}. "

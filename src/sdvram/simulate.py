@@ -29,7 +29,6 @@ from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance
 from sdvram.attention import (
     BACKENDS,
     CPU_FLASH,
-    EFFICIENT,
     FLASH,
     MATH,
     AttentionCall,
@@ -42,8 +41,8 @@ from sdvram.meters import CUDA_ALLOCATOR_ROUNDING, LiveTensorMeter, Snapshot, ca
 from sdvram.pipeline import build_pipeline
 from sdvram.profiler import (
     DEFAULT_PROMPT,
-    Progress,
     ProfileRequest,
+    Progress,
     StageRecorder,
     finish_record,
     new_record,
@@ -82,8 +81,7 @@ class Simulator:
 
     def __init__(self, architecture: str = "sd15", dtype: str = "float16", safety_checker: bool = True) -> None:
         self.architecture, self.dtype, self.safety_checker = architecture, dtype, safety_checker
-        self.pipe = build_pipeline(device="meta", dtype=dtype, architecture=architecture,
-                                   safety_checker=safety_checker)
+        self.pipe = build_pipeline(device="meta", dtype=dtype, architecture=architecture, safety_checker=safety_checker)
         self.names: dict[int, str] = {}
         for component, module in self.pipe.components.items():
             if isinstance(module, torch.nn.Module):
@@ -119,17 +117,26 @@ class Simulator:
                 weights = self._track_weights(meter)
                 for tensor in scheduler_tables:
                     meter.track(tensor, owner="scheduler state", resident=True)
-            run_instrumented(self.pipe, picture, formula.prompt or DEFAULT_PROMPT, request.settings, recorder,
-                             progress, output_type="pt")
+            run_instrumented(
+                self.pipe,
+                picture,
+                formula.prompt or DEFAULT_PROMPT,
+                request.settings,
+                recorder,
+                progress,
+                output_type="pt",
+            )
         finish_record(record, recorder, formula)
-        record.environment.update({
-            "device": "meta",
-            "simulated_gpu": options.gpu.name,
-            "simulated_gpu_key": options.gpu.key,
-            "compute_capability": ".".join(map(str, options.gpu.compute_capability or ())) or None,
-            "gpu_total_memory": options.gpu.memory,
-            "allocator_granularity": meter.granularity,
-        })
+        record.environment.update(
+            {
+                "device": "meta",
+                "simulated_gpu": options.gpu.name,
+                "simulated_gpu_key": options.gpu.key,
+                "compute_capability": ".".join(map(str, options.gpu.compute_capability or ())) or None,
+                "gpu_total_memory": options.gpu.memory,
+                "allocator_granularity": meter.granularity,
+            }
+        )
         record.settings["attention"] = options.attention
         record.extra["weights"] = weights
         record.extra["attention_calls"] = attention.summary()
@@ -148,8 +155,9 @@ class Simulator:
         self.pipe.scheduler = scheduler = type(old).from_config(old.config)
         if not host_is_device:
             return []
-        tables = [name for name, value in vars(scheduler).items()
-                  if isinstance(value, torch.Tensor) and name != "timesteps"]
+        tables = [
+            name for name, value in vars(scheduler).items() if isinstance(value, torch.Tensor) and name != "timesteps"
+        ]
         for name in tables:
             setattr(scheduler, name, getattr(scheduler, name).to("meta"))
         return [getattr(scheduler, name) for name in tables]
@@ -162,8 +170,10 @@ class Simulator:
                 tensors = [*module.parameters(), *module.buffers()]
                 for tensor in tensors:
                     meter.track(tensor, owner=f"{component} weights", resident=True)
-                weights[component] = {"bytes": sum(t.numel() * t.element_size() for t in tensors),
-                                      "tensors": len(tensors)}
+                weights[component] = {
+                    "bytes": sum(t.numel() * t.element_size() for t in tensors),
+                    "tensors": len(tensors),
+                }
         return weights
 
     @contextmanager
@@ -178,8 +188,10 @@ class Simulator:
             if stack:
                 stack.pop()
 
-        hooks = [torch.nn.modules.module.register_module_forward_pre_hook(push),
-                 torch.nn.modules.module.register_module_forward_hook(pop, always_call=True)]
+        hooks = [
+            torch.nn.modules.module.register_module_forward_pre_hook(push),
+            torch.nn.modules.module.register_module_forward_hook(pop, always_call=True),
+        ]
         try:
             yield
         finally:
@@ -197,11 +209,13 @@ class Simulator:
         def image_on_device(original: Callable[..., Any]) -> Callable[..., Any]:
             def preprocess(*args: Any, **kwargs: Any) -> Any:
                 return original(*args, **kwargs).to("meta")
+
             return preprocess
 
         def host_timesteps(original: Callable[..., Any]) -> Callable[..., Any]:
             def set_timesteps(num_inference_steps: int, device: Any = None, **kwargs: Any) -> Any:
                 return original(num_inference_steps, device="cpu", **kwargs)
+
             return set_timesteps
 
         def device_safety_checker(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -218,9 +232,13 @@ class Simulator:
                 cosine_distance(embeds, checker.concept_embeds)
                 del pixels, clip_input
                 return image, [False] * image.shape[0]
+
             return run_safety_checker
 
-        patches = [(pipe.scheduler, "set_timesteps", host_timesteps), (pipe, "run_safety_checker", device_safety_checker)]
+        patches = [
+            (pipe.scheduler, "set_timesteps", host_timesteps),
+            (pipe, "run_safety_checker", device_safety_checker),
+        ]
         if host_is_device:
             patches.append((pipe.image_processor, "preprocess", image_on_device))
         with patched(patches):
@@ -256,6 +274,7 @@ class UNetReplay:
             if key is not None and self.meter.allocated() - start == outputs:
                 self.memo[key] = (probe[0] - start, template_of(out), self.attention.calls - before)
             return out
+
         return forward
 
 
@@ -287,16 +306,25 @@ class AttentionModel:
     def __exit__(self, *exc: object) -> None:
         F.scaled_dot_product_attention = self._original
 
-    def sdpa(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: Any = None,
-             dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-             enable_gqa: bool = False) -> torch.Tensor:
+    def sdpa(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: Any = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor:
         dtype = str(query.dtype).removeprefix("torch.")
         call = AttentionCall(dtype, query.shape[-1], key.shape[-1], value.shape[-1], attn_mask is not None)
         backend = choose_backend(self.gpu, call, self.allowed)
         self.calls[(backend, call.q_head_dim, query.shape[-2], dtype)] += 1
         if backend == MATH:
             out, _ = torch.ops.aten._scaled_dot_product_attention_math(
-                query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa)
+                query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa
+            )
             return out
         *batch, heads, length, _ = query.shape
         head_dim_v = value.shape[-1]
@@ -308,8 +336,9 @@ class AttentionModel:
         elif backend == FLASH:
             padded = -(-head_dim_v // 8) * 8
             if needs_flash_padding(call):
-                transient += [torch.empty((*t.shape[:-1], padded), dtype=t.dtype, device=device)
-                              for t in (query, key, value)]
+                transient += [
+                    torch.empty((*t.shape[:-1], padded), dtype=t.dtype, device=device) for t in (query, key, value)
+                ]
             out = torch.empty((*batch, length, heads, padded), dtype=query.dtype, device=device)
             transient.append(torch.empty((*batch, heads, length), dtype=torch.float32, device=device))
         else:  # EFFICIENT
@@ -356,8 +385,13 @@ def fit_verdict(peak: int, capacity: int | None) -> dict[str, Any] | None:
         verdict = "tight"
     else:
         verdict = "does not fit"
-    return {"verdict": verdict, "peak": peak, "capacity": capacity, "allowance": FIT_ALLOWANCE,
-            "share": peak / capacity}
+    return {
+        "verdict": verdict,
+        "peak": peak,
+        "capacity": capacity,
+        "allowance": FIT_ALLOWANCE,
+        "share": peak / capacity,
+    }
 
 
 def simulate(request: ProfileRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:

@@ -82,3 +82,17 @@ def test_image_too_small(make_jpeg) -> None:
 
 def test_no_manifest_entry(make_jpeg) -> None:
     assert manifest_prompt(make_jpeg(16, 16)) is None
+
+
+def test_image_above_the_maximum_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "wide.png"
+    Image.new("L", (16400, 8)).save(path)  # Pillow's own pixel guard would not stop this one
+    with pytest.raises(InputError, match=r"its width is 16400 pixels; images from 8 to 16384 pixels"):
+        image_info(path)
+
+
+def test_decompression_bomb_guard_becomes_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    Image.new("1", (30000, 20000)).save(path)  # 600 M pixels: beyond twice our 16384^2 limit
+    with pytest.raises(InputError, match=r"too many pixels; images up to 16384 pixels a side are allowed"):
+        image_info(path)

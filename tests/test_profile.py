@@ -184,3 +184,14 @@ def test_missing_profile_extra_exit_4() -> None:
         "error: This command needs the 'profile' extra (diffusers is not installed); "
         "install it with: pip install 'sdvram[profile]'"
     )
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "r.json"
+    result = runner.invoke(app, ["profile", "--h", "64", "--w", "64", *TINY, "--json", str(missing)])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {missing.parent} does not exist; create it or give another path for the " \
+        "JSON record.\n"
+    result = runner.invoke(app, ["profile", "--h", "64", "--w", "64", *TINY, "--save-image", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is a folder; give a file name for the output image." in result.stderr

@@ -195,26 +195,13 @@ def profile(
         require_profile_extra()
         if architecture is Architecture.tiny and weights is Weights.pretrained:
             raise InputError("--architecture tiny has no pretrained weights; add --weights random.")
+        _check_outputs(json_path, save_image)
         from sdvram.profiler import oom_message
         from sdvram.profiler import profile as run_profile
 
         request = _request(
-            image,
-            height,
-            width,
-            prompt,
-            dtype,
-            architecture,
-            steps,
-            strength,
-            guidance,
-            batch,
-            safety_checker,
-            device=device,
-            weights=weights.value,
-            model=model,
-            seed=seed,
-            save_image=save_image,
+            image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch, safety_checker,
+            device=device, weights=weights.value, model=model, seed=seed, save_image=save_image,
         )
         with unet_progress() as progress:
             record = run_profile(request, progress)
@@ -269,20 +256,10 @@ def simulate(
         from sdvram.simulate import simulate as run_simulate
 
         target = find_gpu(gpu)
+        _check_outputs(json_path, None)
         request = _request(
-            image,
-            height,
-            width,
-            prompt,
-            dtype,
-            architecture,
-            steps,
-            strength,
-            guidance,
-            batch,
-            safety_checker,
-            device="meta",
-            weights="random",
+            image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch, safety_checker,
+            device="meta", weights="random",
         )
         if request.dtype is None:
             request = replace(request, dtype="float16" if target.is_cuda else "float32")
@@ -292,6 +269,15 @@ def simulate(
         _finish(record, json_path, units)
     except SdvramError as error:
         fail(error)
+
+
+def _check_outputs(json_path: Path | None, image_path: Path | None) -> None:
+    from sdvram.record import check_output_path
+
+    if json_path is not None:
+        check_output_path(json_path, "JSON record")
+    if image_path is not None:
+        check_output_path(image_path, "output image")
 
 
 def _request(

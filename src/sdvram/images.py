@@ -7,6 +7,9 @@ Pillow only. Sizes are taken after EXIF orientation is applied: a phone photo st
 from __future__ import annotations
 
 import tomllib
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,19 +82,36 @@ def _open(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise InputError(f"{path}: not a file; give the path of an image file.")
     try:
-        image = Image.open(path)
+        with _pixel_limit(MAX_SIDE * MAX_SIDE):
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: too many pixels; images up to {MAX_SIDE} pixels a side are allowed.") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image Pillow can read; give a JPEG, PNG, WebP or similar.") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
     try:
-        image.load()
+        with _pixel_limit(MAX_SIDE * MAX_SIDE):
+            image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         image.close()
         raise InputError(
             f"{path}: the image data is damaged or truncated ({exc}); re-export or re-download the file."
         ) from None
-    except Image.DecompressionBombError:
-        image.close()
-        raise InputError(f"{path}: too many pixels to decode safely; sides up to {MAX_SIDE} are allowed.") from None
     return image
+
+
+@contextmanager
+def _pixel_limit(pixels: int) -> Iterator[None]:
+    """Pillow refuses images above ``Image.MAX_IMAGE_PIXELS`` (about 89 M, a guard against decompression
+    bombs), below our 16384 x 16384 maximum: raise it to that maximum while we decode, and put it back.
+    Beyond twice the limit Pillow raises DecompressionBombError; at the limit it only warns, so the warning
+    is silenced for sizes we allow."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous

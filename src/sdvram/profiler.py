@@ -304,6 +304,11 @@ def known_differences(record: Record, formula: Estimate) -> list[str]:
         f"The pipeline pads every prompt to 77 tokens, so the formula's {seed.tokens} tokens change nothing in "
         "the real run's shapes."
     ]
+    if seed.safety_checker:
+        notes.append(
+            "The safety checker runs in this pipeline, so the formula's base here includes its weights (the "
+            "seed's component table counts them; its formula, and `sdvram estimate` by default, do not)."
+        )
     if settings["guidance"] > 1:
         notes.append(
             f"Guidance {settings['guidance']:g} > 1 runs the UNet on a batch of {2 * settings['batch']} "

@@ -91,13 +91,22 @@ class Record:
         return data
 
 
-def write_json_atomic(path: str | Path, document: dict[str, Any]) -> None:
-    """Write ``document`` to ``path`` whole or not at all: a temporary file beside it, then a rename."""
+def check_output_path(path: str | Path, what: str) -> Path:
+    """``path`` if a file can be written there, else an InputError: checked before a run, so that minutes
+    of profiling are not lost to a typo in the output path."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{path} is a folder; give a file name for the JSON record.")
+        raise InputError(f"{path} is a folder; give a file name for the {what}.")
     if not path.parent.is_dir():
-        raise InputError(f"{path.parent} does not exist; create it or give another path for the JSON record.")
+        raise InputError(f"{path.parent} does not exist; create it or give another path for the {what}.")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"{path.parent} is not writable; give another path for the {what}.")
+    return path
+
+
+def write_json_atomic(path: str | Path, document: dict[str, Any]) -> None:
+    """Write ``document`` to ``path`` whole or not at all: a temporary file beside it, then a rename."""
+    path = check_output_path(path, "JSON record")
     text = json.dumps(document, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

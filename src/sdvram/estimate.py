@@ -84,6 +84,7 @@ def estimate(
     notes.append(
         "The real pipeline pads every prompt to 77 tokens, so its memory does not depend on the prompt length."
     )
+    notes.append("This is the seed formula; 'sdvram simulate' predicts what the real pipeline allocates on a GPU.")
     seed = seed_estimate(h, w, n_tokens, batch=parse_batch(batch), safety_checker=safety_checker)
     return Estimate(
         seed=seed,

@@ -170,7 +170,15 @@ def check_device(device: str) -> torch.device:
                 f"No CUDA device is available to torch {torch.__version__}; run with --device cpu to profile "
                 "the same pipeline on the CPU, or use 'sdvram estimate' or 'sdvram simulate' to predict it."
             )
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise InputError(f"--device must be cuda, cuda:N or cpu; got '{device}'.") from None
+        count = torch.cuda.device_count()
+        if chosen.index is not None and chosen.index >= count:
+            raise InputError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                             f"cuda:{count - 1}.")
+        return chosen
     if device != "cpu":
         raise InputError(f"--device must be cuda, cuda:N or cpu; got '{device}'.")
     return torch.device("cpu")
@@ -334,8 +342,9 @@ def known_differences(record: Record, formula: Estimate) -> list[str]:
 def oom_message(record: Record) -> str:
     """The one sentence for exit code 5."""
     capacity = record.environment.get("gpu_total_memory")
+    where = "GPU memory" if record.environment.get("device") == "cuda" else "memory"
     return (
-        f"Out of GPU memory in the {STAGE_LABELS.get(record.failed_stage or '', record.failed_stage)} stage: "
+        f"Out of {where} in the {STAGE_LABELS.get(record.failed_stage or '', record.failed_stage)} stage: "
         f"{format_bytes(record.peak_allocated)} allocated "
         f"at the peak so far, the seed formula estimated {format_bytes(record.formula['bytes']['total'])}"
         + (f", the card holds {format_bytes(capacity)}" if capacity else "")

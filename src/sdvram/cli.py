@@ -58,9 +58,9 @@ def fail(error: SdvramError) -> NoReturn:
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        import sdvram
 
-        out.print(f"sdvram {version('sdvram')}", highlight=False)
+        out.print(f"sdvram {sdvram.__version__}", highlight=False)  # package metadata; "0+unknown" uninstalled
         raise typer.Exit()
 
 

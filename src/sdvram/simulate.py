@@ -62,7 +62,8 @@ NOT_MODELLED = (
     "cuDNN convolution and cuBLAS matmul workspaces: allocated through the caching allocator during a kernel, "
     "so a GPU's measured peak allocated includes them; the simulation does not see them.",
     "Allocator caching and fragmentation: torch.cuda.memory_reserved exceeds memory_allocated by what the "
-    "caching allocator keeps in its pools.",
+    "caching allocator keeps in its pools, and a cached block reused for a request under 1 MiB smaller than "
+    "it is counted whole in memory_allocated (CUDACachingAllocator.cpp, should_split).",
     "The scheduler's timesteps, kept on the host in the simulation (a few hundred bytes on the GPU).",
 )
 

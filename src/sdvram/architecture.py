@@ -30,15 +30,14 @@ RGB_CHANNELS = 3  # the pipeline's image tensors are RGB
 CLIP_MAX_TOKENS = 77  # CLIP's max_position_embeddings; the pipeline pads and truncates to this
 
 MODELS = ("unet", "vae", "text_encoder", "safety_checker")  # the components with weights
-# "sd15": the published SD v1.5 configs. "tiny": a miniature with the same classes and the 8x latent, for
-# running the real pipeline on a CPU in seconds (data/tiny/README.md).
-ARCHITECTURES = ("sd15", "tiny")
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the SD v1.5 weights on the Hugging Face hub
 
 
 def component_config(name: str, architecture: str = "sd15") -> dict[str, Any]:
     """The config of one component (unet, vae, text_encoder, safety_checker, scheduler, feature_extractor)
-    as shipped in ``sdvram/data/<architecture>``; the tiny set shares SD v1.5's scheduler and feature
-    extractor."""
+    as shipped in ``sdvram/data/<architecture>``: "sd15", the published SD v1.5 configs, or "tiny", a
+    miniature with the same classes and the 8x latent for running the real pipeline on a CPU in seconds
+    (``data/tiny/README.md``), which shares SD v1.5's scheduler and feature extractor."""
     folder = architecture if name in MODELS else "sd15"
     text = (resources.files("sdvram") / "data" / folder / f"{name}.json").read_text(encoding="utf-8")
     config: dict[str, Any] = json.loads(text)

@@ -13,7 +13,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
+from sdvram.architecture import DEFAULT_MODEL
 from sdvram.errors import InputError, OutOfMemoryError, SdvramError
+from sdvram.gpus import DEFAULT_GPU
 from sdvram.units import Units
 
 
@@ -173,7 +175,7 @@ def profile(
     ] = Weights.pretrained,
     model: Annotated[
         str, typer.Option("--model", help="Hub id or local folder for --weights pretrained.")
-    ] = "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    ] = DEFAULT_MODEL,
     architecture: ArchitectureOpt = Architecture.sd15,
     steps: StepsOpt = 50,
     strength: StrengthOpt = 0.8,
@@ -223,7 +225,7 @@ def simulate(
         typer.Option(
             "--gpu", help="The GPU to predict (t4, rtx3060, rtx4090, a10g, l4, a100-40gb, a100-80gb, h100, h200; cpu)."
         ),
-    ] = "h100",
+    ] = DEFAULT_GPU,
     dtype: DTypeOpt = None,
     architecture: ArchitectureOpt = Architecture.sd15,
     steps: StepsOpt = 50,

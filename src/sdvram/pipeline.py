@@ -26,13 +26,12 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sdvram.architecture import CLIP_MAX_TOKENS, component_config
+from sdvram.architecture import CLIP_MAX_TOKENS, DEFAULT_MODEL, component_config
 from sdvram.errors import InputError
 from sdvram.tokenizer import clip_vocab
 
 diffusers_logging.set_verbosity_error()  # its loading chatter (accelerate hints, hub retries) is not ours to show
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the SD v1.5 weights on the Hugging Face hub
 MAX_REASON = 160  # characters of a loader's exception quoted in our one-sentence error
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

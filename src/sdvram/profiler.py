@@ -21,12 +21,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdvram.architecture import DEFAULT_MODEL
 from sdvram.errors import InputError, NoCudaError
 from sdvram.estimate import Estimate, estimate
 from sdvram.images import load_rgb
 from sdvram.inputs import parse_batch
 from sdvram.meters import CudaMeter, LiveTensorMeter, Meter, Snapshot
-from sdvram.pipeline import DEFAULT_MODEL, RunSettings, build_pipeline, expected_unet_calls, run_pipeline
+from sdvram.pipeline import RunSettings, build_pipeline, expected_unet_calls, run_pipeline
 from sdvram.record import STAGE_LABELS, Record, StageRecord
 from sdvram.report import estimate_document
 from sdvram.units import format_bytes

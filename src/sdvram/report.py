@@ -199,7 +199,10 @@ def simulation_notes(record: Record, units: Units) -> Group:
     return Group(*lines)
 
 
-def explain_tables(record: Record, units: Units, groups: int = 12) -> Group:
+EXPLAIN_GROUPS = 12  # module groups listed per peak; the rest are summed in one line
+
+
+def explain_tables(record: Record, units: Units, groups: int = EXPLAIN_GROUPS) -> Group:
     """For the overall peak and each stage's peak: the live tensors grouped by the module that created
     them, largest first, summing to the peak."""
     explained = record.extra.get("explain", {})

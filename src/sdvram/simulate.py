@@ -54,7 +54,6 @@ from sdvram.record import Record
 
 FIT_ALLOWANCE = 1024**3  # 1 GiB kept free for what the simulation cannot see: the CUDA context (hundreds of
 # MiB), cuBLAS/cuDNN workspaces and allocator fragmentation. An allowance, not a measurement.
-EXPLAIN_GROUPS = 12  # module groups listed per peak; the rest are summed in one line
 EXPLAIN_TENSORS = 4  # largest tensors shown per group
 NOT_MODELLED = (
     "The CUDA context (runtime, kernels, cuBLAS/cuDNN handles): hundreds of MiB that nvidia-smi/NVML show but "
@@ -112,8 +111,9 @@ class Simulator:
                 exits.enter_context(self._module_stack(stack))
             exits.enter_context(attention)
             exits.enter_context(self._meta_patches(host_is_device=not options.gpu.is_cuda))
-            if not options.explain:  # a replayed call has no intermediates to show, so explain runs them all
-                exits.enter_context(patched([(self.pipe.unet, "forward", UNetReplay(meter, attention).wrap)]))
+            replay = None if options.explain else UNetReplay(meter, attention)  # explain runs every call: a
+            if replay is not None:  # replayed call has no intermediates to show
+                exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap)]))
             with recorder.stage("load"):
                 weights = self._track_weights(meter)
                 for tensor in scheduler_tables:
@@ -140,6 +140,7 @@ class Simulator:
         )
         record.settings["attention"] = options.attention
         record.extra["weights"] = weights
+        record.extra["unet_calls_replayed"] = replay.replayed if replay else 0
         record.extra["attention_calls"] = attention.summary()
         record.extra["not_modelled"] = list(NOT_MODELLED)
         record.extra["fit"] = fit_verdict(record.peak_allocated, options.gpu.memory)

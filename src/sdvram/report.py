@@ -146,7 +146,11 @@ def record_table(record: Record, units: Units) -> Group:
     ))
     unet = record.stage("unet")
     if unet is not None and unet.unet_calls:
-        lines.append(Text(f"The UNet ran {unet.unet_calls} times; its peak fell in call {unet.peak_call}."))
+        replayed = record.extra.get("unet_calls_replayed", 0)
+        lines.append(Text(
+            f"The UNet ran {unet.unet_calls} times; its peak fell in call {unet.peak_call}."
+            + (f" ({replayed} calls with the same shapes as an earlier one were replayed from it.)" if replayed else "")
+        ))
     if record.device_peak is not None:
         lines.append(Text(
             f"NVML peak (nvidia-smi's memory.used, CUDA context and other processes included): "

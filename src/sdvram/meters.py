@@ -194,16 +194,16 @@ class LiveTensorMeter(TorchDispatchMode):
     Not visible to it: memory a kernel allocates and frees inside itself (workspaces), and tensors made
     outside torch's dispatcher (``torch.from_numpy``) until an op returns a new tensor from them.
 
-    ``cache=True`` (meta only) reuses the output shapes of an op already seen with the same input shapes,
-    strides, dtypes and arguments, instead of running its Python meta kernel again: meta kernels are pure
-    functions of that metadata, and only ops whose outputs were seen to be fresh storages are cached, so the
-    bookkeeping is unchanged. It makes the 41 identical UNet calls of a run cheap.
+    ``cache`` (meta only; a dict several meters may share) reuses the output shapes of an op already seen
+    with the same input shapes, strides, dtypes and arguments, instead of running its Python meta kernel
+    again: meta kernels are pure functions of that metadata, and only ops whose outputs were seen to be
+    fresh storages are cached, so the bookkeeping is unchanged.
     ``explain=True`` remembers who created each storage (``owner``) and keeps a ``Snapshot`` of the live
     storages at each peak.
     """
 
-    def __init__(self, device: str = "cpu", granularity: int = 1, cache: bool = False, explain: bool = False,
-                 owner: Any = None) -> None:
+    def __init__(self, device: str = "cpu", granularity: int = 1, cache: dict[Any, Any] | None = None,
+                 explain: bool = False, owner: Any = None) -> None:
         super().__init__()
         self.kind = device
         self.granularity = granularity
@@ -215,7 +215,7 @@ class LiveTensorMeter(TorchDispatchMode):
         self._allocated = 0
         self._peak = 0
         self._snapshot: Snapshot | None = None
-        self._cache: dict[Any, Any] | None = {} if cache else None
+        self._cache = cache
         self._cacheable: dict[Any, bool] = {}
         self._probes: list[list[int]] = []  # open probes: [highest allocated seen]
 

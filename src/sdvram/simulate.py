@@ -92,15 +92,19 @@ class Simulator:
     def run(self, request: ProfileRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
         """Simulate one request. ``request.dtype``, ``architecture`` and ``safety_checker`` must match the
         simulator's build."""
+        build = (request.architecture, request.dtype, request.settings.safety_checker)
+        if build != (self.architecture, self.dtype, self.safety_checker):
+            raise ValueError(f"this simulator was built for {(self.architecture, self.dtype, self.safety_checker)}, "
+                             f"not {build}")
         formula, picture = resolve_inputs(request)
         stack: list[str] = []
         meter = LiveTensorMeter(
             "meta",
             granularity=CUDA_ALLOCATOR_ROUNDING if options.gpu.is_cuda else 1,  # the CPU allocator does not round
+            cache=self._op_cache,
             explain=options.explain,
             owner=lambda: stack[-1] if stack else "pipeline",
         )
-        meter._cache = self._op_cache
         record = new_record("simulate", request, formula, picture)
         recorder = StageRecorder(meter)
         attention = AttentionModel(options.gpu, options.attention)
@@ -111,8 +115,9 @@ class Simulator:
                 exits.enter_context(self._module_stack(stack))
             exits.enter_context(attention)
             exits.enter_context(self._meta_patches(host_is_device=not options.gpu.is_cuda))
-            replay = None if options.explain else UNetReplay(meter, attention)  # explain runs every call: a
-            if replay is not None:  # replayed call has no intermediates to show
+            # --explain runs every UNet call: a replayed call has no intermediates to show.
+            replay = None if options.explain else UNetReplay(meter, attention)
+            if replay is not None:
                 exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap)]))
             with recorder.stage("load"):
                 weights = self._track_weights(meter)

@@ -86,8 +86,9 @@ def build_pipeline(
         tokenizer=clip_tokenizer(),
         unet=unet,
         scheduler=PNDMScheduler.from_config(component_config("scheduler")),
-        safety_checker=checker,
-        feature_extractor=CLIPImageProcessorPil(**component_config("feature_extractor")),
+        safety_checker=checker,  # type: ignore[arg-type]  # None is allowed with requires_safety_checker=False
+        # transformers substitutes the Pillow processor for CLIPImageProcessor itself when torchvision is absent
+        feature_extractor=CLIPImageProcessorPil(**component_config("feature_extractor")),  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
 

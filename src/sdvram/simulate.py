@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -404,5 +404,6 @@ def fit_verdict(peak: int, capacity: int | None) -> dict[str, Any] | None:
 def simulate(request: ProfileRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
     """Build the pipeline on ``meta`` and simulate one request."""
     dtype = request.dtype or ("float16" if options.gpu.is_cuda else "float32")
+    request = replace(request, dtype=dtype)
     simulator = Simulator(request.architecture, dtype, request.settings.safety_checker)
     return simulator.run(request, options, progress)

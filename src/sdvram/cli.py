@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -14,7 +13,7 @@ import typer
 from rich.console import Console
 
 from sdvram.architecture import DEFAULT_MODEL
-from sdvram.errors import InputError, OutOfMemoryError, SdvramError
+from sdvram.errors import OutOfMemoryError, SdvramError
 from sdvram.gpus import DEFAULT_GPU
 from sdvram.units import Units
 
@@ -195,8 +194,6 @@ def profile(
 
     try:
         require_profile_extra()
-        if architecture is Architecture.tiny and weights is Weights.pretrained:
-            raise InputError("--architecture tiny has no pretrained weights; add --weights random.")
         _check_outputs(json_path, save_image)
         from sdvram.profiler import oom_message
         from sdvram.profiler import profile as run_profile
@@ -263,8 +260,6 @@ def simulate(
             image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch, safety_checker,
             device="meta", weights="random",
         )
-        if request.dtype is None:
-            request = replace(request, dtype="float16" if target.is_cuda else "float32")
         options = SimulateOptions(target, (attention or Attention.auto).value, explain)
         with unet_progress() as progress:
             record = run_simulate(request, options, progress)

@@ -126,6 +126,8 @@ def resolve_inputs(request: ProfileRequest) -> tuple[Estimate, Image.Image]:
     ``prompt`` and ``tokens_source`` say which."""
     settings = request.settings
     _check_settings(settings)
+    if request.architecture != "sd15" and request.weights == "pretrained":
+        raise InputError(f"--architecture {request.architecture} has no pretrained weights; add --weights random.")
     common: dict[str, Any] = {"batch": settings.batch, "safety_checker": settings.safety_checker}
     if request.image is not None:
         if request.height is not None or request.width is not None:

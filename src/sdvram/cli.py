@@ -14,7 +14,7 @@ from rich.console import Console
 
 from sdvram.architecture import DEFAULT_MODEL
 from sdvram.errors import OutOfMemoryError, SdvramError
-from sdvram.gpus import DEFAULT_GPU
+from sdvram.gpus import DEFAULT_GPU, GPUS
 from sdvram.units import Units
 
 
@@ -220,7 +220,7 @@ def simulate(
     gpu: Annotated[
         str,
         typer.Option(
-            "--gpu", help="The GPU to predict (t4, rtx3060, rtx4090, a10g, l4, a100-40gb, a100-80gb, h100, h200; cpu)."
+            "--gpu", help=f"The GPU to predict: {', '.join(GPUS)}; or cpu (what profile --device cpu measures)."
         ),
     ] = DEFAULT_GPU,
     dtype: DTypeOpt = None,
@@ -237,7 +237,7 @@ def simulate(
             help="auto: the kernel PyTorch picks for the GPU; or allow only flash, efficient or math "
             "(as torch.nn.attention.sdpa_kernel would).",
         ),
-    ] = None,  # type: ignore[assignment]
+    ] = Attention.auto,
     explain: Annotated[
         bool,
         typer.Option("--explain", help="List the live tensors at each peak, grouped by the module that made them."),
@@ -260,7 +260,7 @@ def simulate(
             image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch, safety_checker,
             device="meta", weights="random",
         )
-        options = SimulateOptions(target, (attention or Attention.auto).value, explain)
+        options = SimulateOptions(target, attention.value, explain)
         with unet_progress() as progress:
             record = run_simulate(request, options, progress)
         _finish(record, json_path, units)

@@ -28,7 +28,12 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+try:  # transformers 5.2x names the Pillow-based processor it falls back to without torchvision
+    from transformers import CLIPImageProcessorPil as ImageProcessor
+except ImportError:  # older transformers: the one class, Pillow-based
+    from transformers import CLIPImageProcessor as ImageProcessor  # type: ignore[assignment]
 
 from sdvram.architecture import CLIP_MAX_TOKENS, DEFAULT_MODEL, component_config
 from sdvram.errors import InputError
@@ -88,7 +93,7 @@ def build_pipeline(
         scheduler=PNDMScheduler.from_config(component_config("scheduler")),
         safety_checker=checker,  # type: ignore[arg-type]  # None is allowed with requires_safety_checker=False
         # transformers substitutes the Pillow processor for CLIPImageProcessor itself when torchvision is absent
-        feature_extractor=CLIPImageProcessorPil(**component_config("feature_extractor")),  # type: ignore[arg-type]
+        feature_extractor=ImageProcessor(**component_config("feature_extractor")),  # type: ignore[arg-type]
         requires_safety_checker=False,
     )
 

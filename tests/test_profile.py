@@ -196,3 +196,14 @@ def test_output_paths_are_checked_before_the_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["profile", "--h", "64", "--w", "64", *TINY, "--save-image", str(tmp_path)])
     assert result.exit_code == 2
     assert "is a folder; give a file name for the output image." in result.stderr
+
+
+def test_prompt_overrides_the_manifest() -> None:
+    request = ProfileRequest(image=IMAGES / "truck--high-res.jpg", prompt="a red truck", device="cpu",
+                             weights="random", architecture="tiny")
+    from sdvram.profiler import resolve_inputs
+
+    formula, picture = resolve_inputs(request)
+    assert formula.prompt == "a red truck" and formula.tokens_source == "--prompt"
+    assert formula.seed.tokens == 5  # bos, "a", "red", "truck", eos
+    assert picture.size == (1800, 1200)

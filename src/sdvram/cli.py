@@ -202,6 +202,9 @@ def profile(
             image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch, safety_checker,
             device=device, weights=weights.value, model=model, seed=seed, save_image=save_image,
         )
+        if device == "cpu" and architecture is Architecture.sd15:
+            err.print("note: SD v1.5 on a CPU takes a long time (each of the 41 UNet calls runs for seconds); "
+                      "--architecture tiny --weights random checks the same pipeline in seconds.", markup=False)
         with unet_progress() as progress:
             record = run_profile(request, progress)
         _finish(record, json_path, units)

@@ -223,7 +223,7 @@ class LiveTensorMeter(TorchDispatchMode):
         super().__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:  # the Meter protocol's signature, over the mode's own
         super().__exit__(*exc)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -237,7 +237,7 @@ class LiveTensorMeter(TorchDispatchMode):
                 return out
         out = func(*args, **kwargs)
         if key is not None and _fresh(out, args, kwargs):
-            self._cache[key] = _template(out)  # type: ignore[index]
+            self._cache[key] = template_of(out)  # type: ignore[index]
         self._track_all(out)
         return out
 
@@ -260,12 +260,7 @@ class LiveTensorMeter(TorchDispatchMode):
         else:
             self._live[key] = alloc
         self._allocated += size
-        for probe in self._probes:
-            probe[0] = max(probe[0], self._allocated)
-        if self._allocated > self._peak:
-            self._peak = self._allocated
-            if self.explain:
-                self._snapshot = self.snapshot()
+        self._reach(self._allocated)
         weakref.finalize(storage, self._free, key)
 
     def snapshot(self) -> Snapshot:
@@ -289,10 +284,7 @@ class LiveTensorMeter(TorchDispatchMode):
     def replay(self, peak_delta: int, template: Any) -> Any:
         """Stand for a call already measured: raise the peak to ``allocated() + peak_delta`` as the call did,
         then create its outputs from ``template`` (see ``template_of``)."""
-        reached = self._allocated + peak_delta
-        for probe in self._probes:
-            probe[0] = max(probe[0], reached)
-        self._peak = max(self._peak, reached)
+        self._reach(self._allocated + peak_delta)
         out = _build(template)
         self._track_all(out)
         return out
@@ -315,6 +307,15 @@ class LiveTensorMeter(TorchDispatchMode):
 
     def environment(self) -> dict[str, Any]:
         return {"device": self.kind, "allocator_granularity": self.granularity}
+
+    def _reach(self, level: int) -> None:
+        """Memory held has reached ``level`` bytes: raise the open probes and the peak (with its snapshot)."""
+        for probe in self._probes:
+            probe[0] = max(probe[0], level)
+        if level > self._peak:
+            self._peak = level
+            if self.explain:
+                self._snapshot = self.snapshot()
 
     def _add_resident(self, key: int, alloc: Allocation, owner: str | None) -> None:
         alloc = Allocation(alloc.size, owner or alloc.owner, alloc.shape, alloc.dtype)
@@ -386,15 +387,10 @@ def call_key(args: Any, kwargs: dict[str, Any]) -> Any:
 
 def template_of(out: Any) -> Any:
     """The structure of ``out`` with meta tensors replaced by their shape, strides and dtype."""
-    return _template(out)
-
-
-def _template(out: Any) -> Any:
-    """Output structure with tensors replaced by (shape, stride, dtype)."""
     if isinstance(out, torch.Tensor):
         return ("T", tuple(out.shape), tuple(out.stride()), out.dtype)
     if isinstance(out, (tuple, list)):
-        return (type(out), tuple(_template(v) for v in out))
+        return (type(out), tuple(template_of(v) for v in out))
     return ("V", out)
 
 

@@ -205,7 +205,7 @@ def profile(request: ProfileRequest, progress: Progress | None = None, simulate_
                     safety_checker=request.settings.safety_checker,
                 )
             if isinstance(meter, LiveTensorMeter):
-                _track_resident(meter, pipe)
+                track_weights(meter, pipe)
             output = run_instrumented(pipe, picture, formula.prompt or DEFAULT_PROMPT, request.settings,
                                       recorder, progress)
         except torch.OutOfMemoryError:
@@ -366,12 +366,18 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def _track_resident(meter: LiveTensorMeter, pipe: Any) -> None:
-    """Count weights made outside the meter's view (e.g. loaded from files) as live."""
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            for tensor in [*component.parameters(), *component.buffers()]:
-                meter.track(tensor)
+def track_weights(meter: LiveTensorMeter, pipe: Any) -> dict[str, dict[str, int]]:
+    """Count every model's parameters and buffers as resident on ``meter`` (also those made outside its
+    view, e.g. loaded from files); return their exact, unrounded bytes and tensor count per component."""
+    weights: dict[str, dict[str, int]] = {}
+    for component, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            tensors = [*module.parameters(), *module.buffers()]
+            for tensor in tensors:
+                meter.track(tensor, owner=f"{component} weights", resident=True)
+            weights[component] = {"bytes": sum(t.numel() * t.element_size() for t in tensors),
+                                  "tensors": len(tensors)}
+    return weights
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance
+from torch.utils._pytree import tree_flatten
 
 from sdvram.attention import (
     BACKENDS,
@@ -49,6 +50,7 @@ from sdvram.profiler import (
     patched,
     resolve_inputs,
     run_instrumented,
+    track_weights,
 )
 from sdvram.record import Record
 
@@ -120,7 +122,7 @@ class Simulator:
             if replay is not None:
                 exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap)]))
             with recorder.stage("load"):
-                weights = self._track_weights(meter)
+                weights = track_weights(meter, self.pipe)
                 for tensor in scheduler_tables:
                     meter.track(tensor, owner="scheduler state", resident=True)
             run_instrumented(
@@ -168,20 +170,6 @@ class Simulator:
         for name in tables:
             setattr(scheduler, name, getattr(scheduler, name).to("meta"))
         return [getattr(scheduler, name) for name in tables]
-
-    def _track_weights(self, meter: LiveTensorMeter) -> dict[str, dict[str, int]]:
-        """Count every parameter and buffer as resident; return their exact (unrounded) bytes per component."""
-        weights: dict[str, dict[str, int]] = {}
-        for component, module in self.pipe.components.items():
-            if isinstance(module, torch.nn.Module):
-                tensors = [*module.parameters(), *module.buffers()]
-                for tensor in tensors:
-                    meter.track(tensor, owner=f"{component} weights", resident=True)
-                weights[component] = {
-                    "bytes": sum(t.numel() * t.element_size() for t in tensors),
-                    "tensors": len(tensors),
-                }
-        return weights
 
     @contextmanager
     def _module_stack(self, stack: list[str]) -> Iterator[None]:
@@ -277,20 +265,13 @@ class UNetReplay:
             start, before = self.meter.allocated(), Counter(self.attention.calls)
             with self.meter.probe() as probe:
                 out = original(*args, **kwargs)
-            outputs = sum(self.meter.round(t.untyped_storage().nbytes()) for t in _tensors(out))
+            outputs = sum(self.meter.round(t.untyped_storage().nbytes()) for t in tree_flatten(out)[0]
+                          if isinstance(t, torch.Tensor))
             if key is not None and self.meter.allocated() - start == outputs:
                 self.memo[key] = (probe[0] - start, template_of(out), self.attention.calls - before)
             return out
 
         return forward
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    return []
 
 
 class AttentionModel:

@@ -36,26 +36,30 @@ class ImageInfo:
 def image_info(path: str | Path) -> ImageInfo:
     """Decode ``path`` fully (so a truncated file is caught) and return its oriented size."""
     with _open(path) as image:
-        width, height = image.size
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-        if orientation in SWAPS_SIDES:
-            width, height = height, width
-        info = ImageInfo(Path(path), width, height, image.format or "unknown")
-    for side, name in ((info.width, "width"), (info.height, "height")):
+        return _checked_info(path, image)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """The image as the pipeline takes it: decoded once, checked as `estimate --image` checks it, EXIF
+    orientation applied, RGB."""
+    with _open(path) as image:
+        _checked_info(path, image)
+        oriented = ImageOps.exif_transpose(image)
+        return (oriented if oriented is not None else image).convert("RGB")
+
+
+def _checked_info(path: str | Path, image: Image.Image) -> ImageInfo:
+    """The decoded ``image``'s size after EXIF orientation, or an InputError when a side is out of range."""
+    width, height = image.size
+    if image.getexif().get(EXIF_ORIENTATION, 1) in SWAPS_SIDES:
+        width, height = height, width
+    for side, name in ((width, "width"), (height, "height")):
         if not MIN_SIDE <= side <= MAX_SIDE:
             raise InputError(
                 f"{path}: its {name} is {side} pixels; images from {MIN_SIDE} to {MAX_SIDE} pixels a side "
                 "are allowed."
             )
-    return info
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """The image as the pipeline takes it: decoded, EXIF orientation applied, RGB."""
-    image_info(path)  # the same checks and messages as `estimate --image`
-    with _open(path) as image:
-        oriented = ImageOps.exif_transpose(image)
-        return (oriented if oriented is not None else image).convert("RGB")
+    return ImageInfo(Path(path), width, height, image.format or "unknown")
 
 
 def manifest_prompt(path: str | Path) -> str | None:

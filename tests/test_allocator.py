@@ -1,0 +1,125 @@
+"""The model of PyTorch's CUDA caching allocator: its rules one by one with sizes worked by hand from
+CUDACachingAllocator.cpp's constants, then the proof: two real allocator traces from an H200 replayed
+through it, every block at the real address and the segments and final snapshot equal."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import pytest
+
+from sdvram.allocator import AllocatorOutOfMemory, CachingAllocator, get_allocation_size, round_size, should_split
+from sdvram.errors import InputError
+from sdvram.traces import load_trace, replay
+
+DATA = Path(__file__).parent / "data"
+MIB = 1024**2
+
+
+def test_round_size() -> None:
+    assert [round_size(n) for n in (1, 511, 512, 513, 1536, 1537)] == [512, 512, 512, 1024, 1536, 2048]
+
+
+def test_segment_sizes() -> None:
+    assert get_allocation_size(512) == get_allocation_size(MIB) == 2 * MIB  # small pool: 2 MiB segments
+    assert get_allocation_size(MIB + 512) == get_allocation_size(10 * MIB - 512) == 20 * MIB  # 1 to 10 MiB
+    assert get_allocation_size(10 * MIB) == 10 * MIB  # from 10 MiB: rounded up to 2 MiB
+    assert get_allocation_size(11 * MIB) == 12 * MIB
+
+
+def test_should_split() -> None:
+    assert should_split(2 * MIB, 2 * MIB - 512, small=True)  # 512 left in the small pool: split
+    assert not should_split(2 * MIB, 2 * MIB - 256, small=True)
+    assert not should_split(12 * MIB, 11 * MIB, small=False)  # exactly 1 MiB left in the large pool: whole
+    assert should_split(12 * MIB, 11 * MIB - 512, small=False)
+
+
+def test_small_requests_share_a_2_mib_segment() -> None:
+    model = CachingAllocator()
+    a, b = model.malloc(100), model.malloc(1000)
+    assert (model.allocated, model.reserved, model.requested) == (512 + 1024, 2 * MIB, 1100)
+    assert b.addr == a.addr + 512 and a.segment == b.segment
+
+
+def test_an_unsplit_block_counts_whole_in_allocated() -> None:
+    model = CachingAllocator()
+    big = model.malloc(11 * MIB)  # a 12 MiB segment; 1 MiB left is not split off
+    assert big.size == 12 * MIB and model.allocated == 12 * MIB and model.requested == 11 * MIB
+    model.free(big)
+    again = model.malloc(11 * MIB - 512)  # reuses the cached 12 MiB block; 1 MiB + 512 left: split
+    assert again.size == 11 * MIB - 512 and model.reserved == 12 * MIB
+
+
+def test_best_fit_then_lowest_address_and_merging() -> None:
+    model = CachingAllocator()
+    blocks = [model.malloc(4 * MIB) for _ in range(4)]  # one 20 MiB segment, 16 MiB used
+    model.free(blocks[1])
+    model.free(blocks[3])  # merges with the 4 MiB tail: a free 8 MiB block
+    small_fit = model.malloc(4 * MIB)  # the 4 MiB hole fits exactly: chosen over the 8 MiB block
+    assert small_fit.addr == blocks[1].addr
+    model.free(small_fit)
+    model.free(blocks[2])  # 4 + 4 + 8 merge into one 16 MiB free block
+    assert [(b.size) for b in model.free_blocks()] == [16 * MIB]
+
+
+def test_capacity_releases_cached_segments_then_runs_out() -> None:
+    model = CachingAllocator(capacity=64 * MIB)
+    first = model.malloc(40 * MIB)
+    model.free(first)  # cached: reserved stays 40 MiB
+    assert model.reserved == 40 * MIB and model.allocated == 0
+    second = model.malloc(50 * MIB)  # 40 + 50 > 64: the free 40 MiB segment is released, then it fits
+    assert model.reserved == 50 * MIB and model.cuda_frees == 1
+    with pytest.raises(AllocatorOutOfMemory):
+        model.malloc(20 * MIB)  # 50 + 20 > 64 and nothing cached to release
+    assert second.allocated
+
+
+def test_peaks_and_reset() -> None:
+    model = CachingAllocator()
+    block = model.malloc(30 * MIB)
+    model.free(block)
+    assert model.peak_allocated == 30 * MIB and model.allocated == 0
+    model.reset_peaks()
+    assert model.peak_allocated == 0 and model.peak_reserved == 30 * MIB
+
+
+@pytest.mark.parametrize("name", ["trace-decode-2048.pkl.gz", "trace-512-steps10.pkl.gz"])
+def test_real_traces_replay_exactly(name: str) -> None:
+    result = replay(load_trace(DATA / name))
+    assert result.misplaced == 0  # every one of the real requests got the block at the real address
+    assert result.segments_equal and result.final_blocks_equal
+    assert result.exact
+
+
+def test_decode_trace_peaks_equal_the_gpu_s_own_statistics() -> None:
+    # memory_stats() of that run (VAE built, one decode at 2048 x 2048), whole-run peaks
+    result = replay(load_trace(DATA / "trace-decode-2048.pkl.gz"))
+    assert result.model.peak_allocated == result.stats["allocated_bytes.all.peak"] == 10_411_121_152
+    assert result.model.peak_reserved == result.stats["reserved_bytes.all.peak"] == 18_205_376_512
+    assert result.model.peak_requested == result.stats["requested_bytes.all.peak"] == 10_404_686_433
+
+
+def test_pipeline_trace_peak_equals_the_profile_record() -> None:
+    # The same run's profile record (docs/measurements/h200-2026-11-26/profiles/512x512-steps10-traced.json)
+    # measured a whole-run peak of 3,452,370,432 bytes allocated and 3,718,250,496 reserved.
+    result = replay(load_trace(DATA / "trace-512-steps10.pkl.gz"))
+    assert (result.model.peak_allocated, result.model.peak_reserved) == (3_452_370_432, 3_718_250_496)
+
+
+def test_a_file_that_is_not_a_trace_is_one_sentence(tmp_path: Path) -> None:
+    text = tmp_path / "notes.pkl.gz"
+    text.write_bytes(b"not gzip")
+    with pytest.raises(InputError, match=r"notes.pkl.gz: not an allocator trace"):
+        load_trace(text)
+    other = tmp_path / "other.pkl.gz"
+    with gzip.open(other, "wb") as handle:
+        pickle.dump({"device_traces": "nope"}, handle)
+    with pytest.raises(InputError, match=r"no device_traces and segments"):
+        load_trace(other)
+    evil = tmp_path / "evil.pkl.gz"
+    with gzip.open(evil, "wb") as handle:
+        pickle.dump(Path("x"), handle)  # a class instance: refused without being constructed
+    with pytest.raises(InputError, match=r"plain data only"):
+        load_trace(evil)

@@ -1,4 +1,5 @@
-"""Shared test helpers: the repository layout and small image files made with Pillow."""
+"""Shared test helpers: the repository layout, small image files made with Pillow, and the slow things
+built once per session (a CPU profile of the tiny architecture, SD v1.5 simulators on meta)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
+MEASURED = REPO / "docs" / "measurements" / "h200-2026-11-26"
 
 
 @pytest.fixture
@@ -25,3 +27,25 @@ def make_jpeg(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_profile():
+    """One real CPU run of the tiny architecture (SD's classes and 8x latent), 10 steps, 192 x 128."""
+    pytest.importorskip("diffusers")
+    from sdvram.choices import Architecture, Weights
+    from sdvram.profiler import profile
+    from sdvram.requests import ProfileOptions, RunRequest, Settings
+
+    request = RunRequest(height=128, width=192, prompt="a photo of a cat", architecture=Architecture.tiny,
+                         settings=Settings(steps=10, safety_checker=True))
+    return profile(request, ProfileOptions(device="cpu", weights=Weights.random))
+
+
+@pytest.fixture(scope="session")
+def sd15_with_checker():
+    """SD v1.5 built once on meta in fp16 with its safety checker, as the H200 measurements ran it."""
+    pytest.importorskip("diffusers")
+    from sdvram.simulate import Simulator
+
+    return Simulator(safety_checker=True)

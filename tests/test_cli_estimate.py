@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from .conftest import IMAGES
 
 runner = CliRunner()
 
-BASE = (859_520_964 + 83_653_863 + 123_060_480) * 2  # shared/FACTS.md counts x 2 bytes
+BASE = (859_520_964 + 83_653_863 + 123_060_480) * 2  # docs/facts.md counts x 2 bytes
 
 
 def run(*args: str):
@@ -27,25 +28,28 @@ def run(*args: str):
 def test_table_512() -> None:
     result = run("estimate", "--h", "512", "--w", "512", "--tokens", "50")
     assert result.exit_code == 0, result.stderr
-    assert "512x512 px, 50 tokens" in result.stdout
     # total = (base + unet) x 1.2 with unet = 64*64*(4470 + 100): 2,581,427,201 bytes = 2.4041 GiB
-    assert f"{2_581_427_201 / 1024**3:.4f} GiB" in result.stdout
-    assert "UNet *" in result.stdout
+    first = result.stdout.splitlines()[0]
+    assert first == f"Seed formula total: {2_581_427_201 / 1024**3:.4f} GiB (peak activation stage: UNet loop)"
+    assert "512 x 512 px (W x H), 50 prompt tokens (given)\nsafety checker not counted" in result.stdout
+    assert "UNet loop *" in result.stdout
     assert "x1.2 overhead" in result.stdout
     assert "pads every prompt to 77 tokens" in result.stderr
 
 
 def test_units_bytes_and_gb() -> None:
     raw = run("estimate", "--h", "512", "--w", "512", "--tokens", "50", "--units", "bytes")
-    assert f"{BASE:,} B" in raw.stdout
-    decimal = run("estimate", "--h", "512", "--w", "512", "--tokens", "50", "--units", "gb")
+    assert f"{BASE:,}" in raw.stdout and "bytes" in raw.stdout
+    decimal = run("estimate", "--h", "512", "--w", "512", "--tokens", "50", "--units", "GB")  # any case
     assert f"{2_581_427_201 / 1e9:.4f} GB" in decimal.stdout
 
 
 def test_json_is_one_document_with_every_figure_in_bytes() -> None:
     result = run("estimate", "--height", "768", "--width", "512", "--tokens", "77", "--json")
     assert result.exit_code == 0
-    document = json.loads(result.stdout)
+    document = json.loads(result.stdout)  # --json with no path: the document instead of the table
+    assert run("estimate", "--height", "768", "--width", "512", "--tokens", "77", "--json", "-").stdout == \
+        result.stdout
     latent = 96 * 64
     figures = document["bytes"]
     assert figures["base"] == BASE
@@ -54,6 +58,18 @@ def test_json_is_one_document_with_every_figure_in_bytes() -> None:
     assert figures["total"] == -(-(BASE + figures["unet"]) * 6 // 5)
     assert document["peak_stage"] == "unet"
     assert document["inputs"]["height"] == 768 and document["inputs"]["tokens"] == 77
+    assert document["inputs"]["tokens_source"] == "tokens"
+
+
+def test_json_to_a_file_keeps_the_table_and_the_usual_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "estimate.json"
+    result = run("estimate", "--h", "512", "--w", "512", "--tokens", "50", "--json", str(path))
+    assert result.exit_code == 0 and result.stdout.startswith("Seed formula total:")
+    assert json.loads(path.read_text())["bytes"]["total"] == 2_581_427_201
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["estimate.json"]
 
 
 def test_safety_checker_flag_adds_its_weights() -> None:
@@ -62,8 +78,9 @@ def test_safety_checker_flag_adds_its_weights() -> None:
 
 
 def test_image_reads_size_and_manifest_prompt() -> None:
-    result = run("estimate", "--image", str(IMAGES / "truck--high-res.jpg"), "--json")
+    result = run("estimate", str(IMAGES / "truck--high-res.jpg"), "--json")
     assert result.exit_code == 0, result.stderr
+    assert run("estimate", "--image", str(IMAGES / "truck--high-res.jpg"), "--json").stdout == result.stdout
     document = json.loads(result.stdout)
     assert (document["inputs"]["width"], document["inputs"]["height"]) == (1800, 1200)
     assert document["inputs"]["tokens_source"] == "manifest"
@@ -78,14 +95,20 @@ def test_prompt_counts_tokens() -> None:
 def test_long_prompt_is_capped_with_a_note() -> None:
     result = run("estimate", "--h", "512", "--w", "512", "--prompt", "cat " * 90)
     assert result.exit_code == 0
-    assert "77 tokens" in result.stdout
-    assert "The prompt is 92 tokens; the pipeline truncates it to 77." in result.stderr
+    assert "77 prompt tokens" in result.stdout
+    assert "The prompt is over 77 tokens; the pipeline truncates it to 77." in result.stderr
+
+
+def test_no_prompt_counts_the_default_prompt_and_shows_it() -> None:
+    result = run("estimate", "--h", "512", "--w", "512")
+    assert "8 prompt tokens (the default prompt)" in result.stdout  # bos + 6 words + eos
+    assert "prompt: 'a detailed photograph of a landscape'" in result.stdout
 
 
 def test_non_multiple_of_8_is_noted() -> None:
     result = run("estimate", "--h", "380", "--w", "396", "--tokens", "50")
     assert result.exit_code == 0
-    assert "rounds 396x380 down to 392x376" in result.stderr
+    assert "rounds 396 x 380 px (W x H) down to 392 x 376" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -98,9 +121,10 @@ def test_non_multiple_of_8_is_noted() -> None:
         (["--h", "163840", "--w", "512"], "from 8 to 16384; got 163840."),
         (["--h", "512", "--w", "512", "--tokens", "0"], "--tokens must be a whole number of CLIP tokens from 1 to 77"),
         (["--h", "512", "--w", "512", "--tokens", "78"], "from 1 to 77; got 78."),
-        (["--h", "512"], "Give the image size as both --h and --w"),
+        (["--h", "512"], "Give the image size as both --h and --w (pixels), or an IMAGE."),
         ([], "Give the image size as both --h and --w"),
-        (["--h", "512", "--w", "512", "--image", "x.jpg"], "Give either --image or both --h and --w, not both."),
+        (["--h", "512", "--w", "512", "--image", "x.jpg"], "Give either IMAGE or both --h and --w, not both."),
+        (["a.jpg", "--image", "b.jpg"], "Give the image once: as IMAGE or with --image."),
         (["--h", "512", "--w", "512", "--tokens", "5", "--prompt", "a"], "Give either --tokens or --prompt"),
         (["--h", "512", "--w", "512", "--batch", "0"], "--batch must be a whole number of images from 1 to 64"),
     ],
@@ -157,6 +181,14 @@ def test_installed_entry_point_bad_input() -> None:
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr == "error: --h must be a whole number of pixels from 8 to 16384; got -1.\n"
+
+
+def test_estimate_process_is_light() -> None:
+    # -X importtime lists every module the process imports
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "sdvram", "estimate", "--h", "512", "--w",
+                           "512", "--tokens", "50"], capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert not {"torch", "diffusers", "transformers", "PIL.Image"} & imported
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:

@@ -1,5 +1,5 @@
-"""The seed formula, worked by hand from shared/seed/sd15-vram-architecture.md and the parameter counts in
-shared/FACTS.md, against sdvram.formula."""
+"""The seed formula, worked by hand from docs/seed/sd15-vram-architecture.md and the parameter counts in
+docs/facts.md, against sdvram.formula."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from sdvram.formula import seed_estimate
 
-# shared/FACTS.md, "Parameter counts"
+# docs/facts.md, "Parameter counts"
 UNET, VAE, TEXT, SAFETY = 859_520_964, 83_653_863, 123_060_480, 303_981_588
 
 

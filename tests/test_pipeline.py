@@ -8,9 +8,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from sdvram import architecture  # noqa: E402
-from sdvram.pipeline import build_pipeline, clip_tokenizer, expected_unet_calls  # noqa: E402
+from sdvram.engine import expected_unet_calls  # noqa: E402
+from sdvram.pipeline import build_pipeline, clip_tokenizer  # noqa: E402
+from sdvram.requests import Settings  # noqa: E402
 
-# shared/FACTS.md, "Parameter counts" (built from the SD v1.5 configs, random init)
+# docs/facts.md, "Parameter counts" (built from the SD v1.5 configs, random init)
 FACTS_PARAMS = {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480, "safety_checker": 303_981_588}
 FACTS_VAE_SPLIT = (34_163_664, 49_490_199)  # encoder, decoder
 FACTS_FP16_BYTES_ALL_FOUR = 2_740_436_462
@@ -62,8 +64,8 @@ def test_pipeline_tokenizer_is_real_clip_bpe() -> None:
 
 def test_unet_is_called_41_times_for_50_steps_at_strength_0_8(meta_pipe) -> None:
     # FACTS.md: PNDM (skip_prk_steps) repeats one timestep, so 40 denoising steps take 41 UNet calls.
-    assert expected_unet_calls(meta_pipe.scheduler, 50, 0.8) == 41
+    assert expected_unet_calls(meta_pipe.scheduler, Settings(steps=50, strength=0.8)) == 41
     scheduler = meta_pipe.scheduler
     scheduler.set_timesteps(20)
     assert len(scheduler.timesteps) == 21  # one repeated timestep
-    assert expected_unet_calls(scheduler, 20, 0.5) == 21 - (20 - 10)  # the first 10 are cut by strength
+    assert expected_unet_calls(scheduler, Settings(steps=20, strength=0.5)) == 21 - (20 - 10)  # 10 cut by strength

@@ -39,11 +39,23 @@ def test_vocabulary_size_and_special_tokens() -> None:
     assert vocab["<|endoftext|>"] == 49_407
 
 
-def test_long_prompt_is_truncated_to_77() -> None:
+def test_prompt_just_within_77_is_counted_exactly() -> None:
+    counted = count_tokens("cat " * 75)  # bos + 75 + eos
+    assert (counted.tokens, counted.untruncated, counted.truncated) == (77, 77, False)
+
+
+def test_long_prompt_is_truncated_to_77_and_counting_stops() -> None:
     counted = count_tokens("cat " * 100)
-    assert counted.untruncated == 102
+    assert counted.untruncated is None  # past 77 the count changes nothing the pipeline does
     assert counted.tokens == 77
-    assert counted.truncated
+    assert counted.truncated and counted.describe() == "over 77 tokens"
+
+
+@pytest.mark.parametrize("prompt", ["x" * 1_000_000, "ab" * 500_000, "1" * 1_000_000, "🎈" * 250_000])
+def test_pathological_prompts_are_over_77_without_running_bpe_on_them(prompt: str) -> None:
+    # One huge word would cost BPE time quadratic in its length (128 s for 100,000 characters before):
+    # its bytes alone prove it needs more than 77 tokens.
+    assert count_tokens(prompt).untruncated is None
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from sdvram.units import Units, format_bytes, format_signed_percent
+from sdvram.units import Units, format_bytes, format_number, format_signed_percent, format_size
 
 
 def test_format_bytes_in_each_unit() -> None:
@@ -19,14 +17,6 @@ def test_signed_percent() -> None:
     assert format_signed_percent(0, 100) == "n/a"
 
 
-def test_fit_verdict_thresholds() -> None:
-    pytest.importorskip("diffusers")
-    from sdvram.simulate import FIT_ALLOWANCE, fit_verdict
-
-    gib = 1024**3
-    assert FIT_ALLOWANCE == gib
-    assert fit_verdict(14 * gib, 15 * gib)["verdict"] == "fits"  # exactly the 1 GiB allowance left
-    assert fit_verdict(14 * gib + 1, 15 * gib)["verdict"] == "tight"
-    assert fit_verdict(15 * gib, 15 * gib)["verdict"] == "tight"
-    assert fit_verdict(15 * gib + 1, 15 * gib)["verdict"] == "does not fit"
-    assert fit_verdict(1, None) is None  # the CPU has no card to fit
+def test_sizes_are_labelled_width_first() -> None:
+    assert format_size(800, 534) == "800 x 534 px (W x H)"
+    assert format_number(3 * 1024**3 // 2) == "1.5000"

@@ -2,13 +2,11 @@
 
 The counts were obtained by building each component from its published SD v1.5 config (the JSON files in
 ``data/sd15/``, which ``pipeline.py`` builds from) and summing ``p.numel()`` over its parameters; they match
-``shared/FACTS.md``. ``tests/test_pipeline.py`` rebuilds the models and checks every number here.
+``docs/facts.md``. ``tests/test_pipeline.py`` rebuilds the models and checks every number here.
 """
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from typing import Any
 
 # Parameter counts, counted from the SD v1.5 component configs (random init; shapes alone decide them).
@@ -29,6 +27,11 @@ LATENT_CHANNELS = 4  # AutoencoderKL latent_channels
 RGB_CHANNELS = 3  # the pipeline's image tensors are RGB
 CLIP_MAX_TOKENS = 77  # CLIP's max_position_embeddings; the pipeline pads and truncates to this
 
+# The smallest image side each architecture runs: the tiny VAE's 32-channel GroupNorm (32 groups) has one value
+# per group on a 1 x 1 latent and torch refuses it ("Expected more than 1 value per channel"); SD v1.5's
+# groups hold 4 to 40 channels, so one latent pixel (8 px) runs.
+MIN_SIDE = {"sd15": VAE_SCALE_FACTOR, "tiny": 2 * VAE_SCALE_FACTOR}
+
 MODELS = ("unet", "vae", "text_encoder", "safety_checker")  # the components with weights
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the SD v1.5 weights on the Hugging Face hub
 
@@ -38,6 +41,9 @@ def component_config(name: str, architecture: str = "sd15") -> dict[str, Any]:
     as shipped in ``sdvram/data/<architecture>``: "sd15", the published SD v1.5 configs, or "tiny", a
     miniature with the same classes and the 8x latent for running the real pipeline on a CPU in seconds
     (``data/tiny/README.md``), which shares SD v1.5's scheduler and feature extractor."""
+    import json  # here, not at the top: the estimate path never reads a config
+    from importlib import resources
+
     folder = architecture if name in MODELS else "sd15"
     text = (resources.files("sdvram") / "data" / folder / f"{name}.json").read_text(encoding="utf-8")
     config: dict[str, Any] = json.loads(text)

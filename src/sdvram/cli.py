@@ -1,60 +1,102 @@
-"""The ``sdvram`` command line: parses arguments, calls one library function, renders the result."""
+"""The ``sdvram`` command line: parses arguments into typed requests, calls one library function, renders
+the result, maps failures to exit codes. No decisions beyond those.
+
+The library names parameters (``height``); ``FLAGS`` spells them as this interface's flags in messages.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from sdvram.architecture import DEFAULT_MODEL
-from sdvram.errors import OutOfMemoryError, SdvramError
+from sdvram.choices import Architecture, DType, Kernel, Units, Weights
+from sdvram.errors import Interrupted, OutOfMemoryError, SdvramError, WriteError
 from sdvram.gpus import DEFAULT_GPU, GPUS
-from sdvram.units import Units
 
+FLAGS = {
+    "image": "IMAGE", "height": "--h", "width": "--w", "tokens": "--tokens", "prompt": "--prompt", "batch": "--batch",
+    "steps": "--steps", "strength": "--strength", "guidance": "--guidance", "seed": "--seed", "dtype": "--dtype",
+    "architecture": "--architecture", "device": "--device", "weights": "--weights", "model": "--model",
+    "gpu": "--gpu", "vram": "--vram", "arch": "--arch", "attention": "--attention", "json": "--json",
+    "save_image": "--save-image", "units": "--units",
+}
+JSON = "--json"
+STDOUT = "-"
 
-class DType(str, Enum):
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-    float32 = "float32"
-
-
-class Weights(str, Enum):
-    pretrained = "pretrained"
-    random = "random"
-
-
-class Architecture(str, Enum):
-    sd15 = "sd15"
-    tiny = "tiny"
-
-
-class Attention(str, Enum):
-    auto = "auto"
-    flash = "flash"
-    efficient = "efficient"
-    math = "math"
-
-
-app = typer.Typer(
-    help="How much GPU memory Stable Diffusion v1.5 img2img needs, and why.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 out = Console(soft_wrap=False)
 err = Console(stderr=True, soft_wrap=True)  # one sentence stays one line
 
 
+def say(text: str) -> None:
+    """One line on stderr, as typed (no markup, no highlighting)."""
+    err.print(text, markup=False, highlight=False)
+
+
+class SdvramGroup(TyperGroup):
+    """Runs commands without click's standalone handling, so that every failure is one ``error:`` line:
+    usage errors (exit 2) as well as sdvram's own, and Ctrl-C (exit 130)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+        argv = json_flag_default(list(sys.argv[1:] if args is None else args))
+        try:
+            code = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
+        except NoArgsIsHelpError as exc:
+            say(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(0)
+        except ClickException as exc:
+            say(f"error: {exc.format_message()}")
+            sys.exit(exc.exit_code)
+        except (typer.Abort, KeyboardInterrupt):
+            code = Interrupted.exit_code
+        if code == Interrupted.exit_code:  # typer turns Ctrl-C into this exit code
+            say(f"error: {Interrupted()}")
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def json_flag_default(argv: list[str]) -> list[str]:
+    """``--json`` with no value (last, or followed by another option) means stdout: give it ``-``."""
+    fixed: list[str] = []
+    for i, arg in enumerate(argv):
+        fixed.append(arg)
+        if arg == JSON and (i + 1 == len(argv) or (argv[i + 1].startswith("-") and argv[i + 1] != STDOUT)):
+            fixed.append(STDOUT)
+    return fixed
+
+
+app = typer.Typer(
+    cls=SdvramGroup,
+    help="How much GPU memory Stable Diffusion v1.5 img2img needs, and why.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},
+)
+
+
 def fail(error: SdvramError) -> NoReturn:
-    """One sentence on stderr and the error's documented exit code."""
-    err.print(f"error: {error}", markup=False, highlight=False)
+    """One sentence on stderr, parameters spelled as flags, and the error's documented exit code."""
+    say(f"error: {error.render(FLAGS)}")
     raise typer.Exit(error.exit_code)
+
+
+@contextmanager
+def failures() -> Iterator[None]:
+    """Turn sdvram's errors into their sentence and exit code."""
+    try:
+        yield
+    except SdvramError as error:
+        fail(error)
 
 
 def _version(value: bool) -> None:
@@ -74,279 +116,304 @@ def root(
     """How much GPU memory Stable Diffusion v1.5 img2img needs, and why."""
 
 
-UnitsOption = Annotated[Units, typer.Option("--units", help="Units of the table: gib (1024^3), gb (10^9), bytes.")]
+# -- the options the commands share ------------------------------------------------------------------------
+ImageArg = Annotated[Path | None, typer.Argument(metavar="[IMAGE]", help="Input image; or give --h and --w.",
+                                                 show_default=False)]
+ImageOpt = Annotated[Path | None, typer.Option("--image", metavar="PATH", help="The input image (same as IMAGE).")]
+HeightOpt = Annotated[str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Image height in pixels.")]
+WidthOpt = Annotated[str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Image width in pixels.")]
+PromptOpt = Annotated[str | None, typer.Option(
+    "--prompt", metavar="TEXT",
+    help="The prompt (default: the image's prompt in prompts.toml beside it, else a default prompt, shown).")]
+BatchOpt = Annotated[str, typer.Option("--batch", metavar="N", help="Images per call (num_images_per_prompt).")]
+SafetyOpt = Annotated[bool, typer.Option(
+    "--safety-checker/--no-safety-checker",
+    help="Count (and run) the safety checker, as from_pretrained loads it; the seed formula leaves it out.")]
+UnitsOpt = Annotated[Units, typer.Option("--units", case_sensitive=False,
+                                         help="Units: gib (1024^3), gb (10^9) or bytes.")]
+JsonOpt = Annotated[str | None, typer.Option(
+    "--json", metavar="[PATH]",
+    help="Write the result as JSON to PATH, whole or not at all; '-' or no PATH prints it instead of the table.")]
+DTypeOpt = Annotated[DType | None, typer.Option(
+    "--dtype", case_sensitive=False, help="Weights and activations (default float16 on a GPU, float32 on the CPU).")]
+ArchitectureOpt = Annotated[Architecture, typer.Option(
+    "--architecture", case_sensitive=False,
+    help="sd15, or tiny: a miniature with SD's classes for testing on a CPU (random weights only).")]
+StepsOpt = Annotated[str, typer.Option("--steps", metavar="N",
+                                       help="num_inference_steps (the loop runs steps x strength of them).")]
+StrengthOpt = Annotated[str, typer.Option("--strength", metavar="X", help="img2img strength, above 0 to 1.")]
+GuidanceOpt = Annotated[str, typer.Option("--guidance", metavar="X",
+                                          help="guidance_scale; above 1 doubles the UNet's batch.")]
+
+
+def _image(image: Path | None, image_opt: Path | None) -> Path | None:
+    if image is not None and image_opt is not None and image != image_opt:
+        from sdvram.errors import InputError
+
+        raise InputError("Give the image once: as IMAGE or with --image.")
+    return image if image is not None else image_opt
+
+
+def _size(value: str | None, param: str, low: int | None = None) -> int | None:
+    from sdvram.inputs import MIN_SIDE, parse_side
+
+    return None if value is None else parse_side(value, param, MIN_SIDE if low is None else low)
+
+
+def _settings(steps: str, strength: str, guidance: str, batch: str, seed: str, safety_checker: bool) -> Any:
+    from sdvram.inputs import parse_batch, parse_guidance, parse_seed, parse_steps, parse_strength
+    from sdvram.requests import Settings
+
+    return Settings(steps=parse_steps(steps), strength=parse_strength(strength), guidance=parse_guidance(guidance),
+                    batch=parse_batch(batch), seed=parse_seed(seed), safety_checker=safety_checker)
+
+
+def _run_request(image: Path | None, height: str | None, width: str | None, prompt: str | None,
+                 dtype: DType | None, architecture: Architecture, settings: Any) -> Any:
+    from sdvram.architecture import MIN_SIDE
+    from sdvram.requests import RunRequest
+
+    low = MIN_SIDE[architecture.value]
+    return RunRequest(image=image, height=_size(height, "height", low), width=_size(width, "width", low),
+                      prompt=prompt, dtype=dtype, architecture=architecture, settings=settings)
 
 
 @app.command()
 def estimate(
-    height: Annotated[
-        str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Image height in pixels.")
-    ] = None,
-    width: Annotated[
-        str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Image width in pixels.")
-    ] = None,
-    image: Annotated[
-        Path | None, typer.Option("--image", help="Read the size from this image (EXIF orientation applied).")
-    ] = None,
-    tokens: Annotated[
-        str | None,
-        typer.Option(
-            "--tokens", metavar="N", help="CLIP prompt tokens, 1 to 77 (default 77, what the pipeline pads to)."
-        ),
-    ] = None,
-    prompt: Annotated[
-        str | None, typer.Option("--prompt", help="Count the tokens of this prompt as the pipeline does.")
-    ] = None,
+    image: ImageArg = None,
+    image_opt: ImageOpt = None,
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    tokens: Annotated[str | None, typer.Option(
+        "--tokens", metavar="N", help="CLIP prompt tokens, 1 to 77, start and end included.")] = None,
+    prompt: PromptOpt = None,
     batch: Annotated[str, typer.Option("--batch", metavar="N", help="Images per call (multiplies activations).")] = "1",
-    safety_checker: Annotated[
-        bool,
-        typer.Option(
-            "--safety-checker/--no-safety-checker",
-            help="Count the safety checker's weights in the base (the seed formula leaves them out).",
-        ),
-    ] = False,
-    units: UnitsOption = Units.gib,
-    json_: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document (bytes) instead of the table.")
-    ] = False,
+    safety_checker: SafetyOpt = False,
+    units: UnitsOpt = Units.gib,
+    json_path: JsonOpt = None,
 ) -> None:
     """Evaluate the seed formula, stage by stage, in pure Python (no GPU, no torch)."""
     from sdvram.estimate import estimate as run_estimate
-    from sdvram.report import estimate_document, estimate_table, to_json
+    from sdvram.inputs import parse_batch, parse_tokens
+    from sdvram.outputs import reserve
+    from sdvram.report import estimate_table, to_json
 
-    try:
-        result = run_estimate(
-            height, width, tokens, image=image, prompt=prompt, batch=batch, safety_checker=safety_checker
-        )
-    except SdvramError as error:
-        fail(error)
-    if json_:
-        print(to_json(estimate_document(result)))
-        return
-    out.print(estimate_table(result, units))
-    for note in result.notes:
-        err.print(f"note: {note}", markup=False, highlight=False)
-
-
-ImageArg = Annotated[Path | None, typer.Argument(help="Input image (or give --h and --w).", show_default=False)]
-HeightOpt = Annotated[
-    str | None, typer.Option("--h", "--height", metavar="PIXELS", help="Height of a generated input image.")
-]
-WidthOpt = Annotated[
-    str | None, typer.Option("--w", "--width", metavar="PIXELS", help="Width of a generated input image.")
-]
-PromptOpt = Annotated[str | None, typer.Option("--prompt", help="Prompt (default: the image's manifest prompt).")]
-DTypeOpt = Annotated[
-    DType | None,
-    typer.Option("--dtype", help="Weights and activations (default float16 on a GPU, float32 on the CPU)."),
-]
-ArchitectureOpt = Annotated[
-    Architecture,
-    typer.Option("--architecture", help="sd15, or tiny: a miniature for testing on a CPU (random weights only)."),
-]
-StepsOpt = Annotated[int, typer.Option("--steps", help="num_inference_steps (the loop runs steps x strength of them).")]
-StrengthOpt = Annotated[float, typer.Option("--strength", help="img2img strength.")]
-GuidanceOpt = Annotated[float, typer.Option("--guidance", help="guidance_scale; above 1 doubles the UNet batch.")]
-BatchOpt = Annotated[int, typer.Option("--batch", help="num_images_per_prompt.")]
-SafetyOpt = Annotated[
-    bool, typer.Option("--safety-checker/--no-safety-checker", help="Run the safety checker, as the pipeline ships.")
-]
-JsonPathOpt = Annotated[Path | None, typer.Option("--json", help="Write the whole record to this file (atomically).")]
+    with failures():
+        pending = reserve(json_path, "JSON document", "json")
+        try:
+            result = run_estimate(_size(height, "height"), _size(width, "width"),
+                                  None if tokens is None else parse_tokens(tokens), image=_image(image, image_opt),
+                                  prompt=prompt, batch=parse_batch(batch), safety_checker=safety_checker)
+        except BaseException:
+            if pending is not None:
+                pending.discard()
+            raise
+        document = to_json(result.to_json()) + "\n"
+        if json_path == STDOUT:
+            sys.stdout.write(document)
+            return
+        out.print(estimate_table(result, units))
+        for note in result.notes:
+            say(f"note: {note}")
+        if pending is not None:
+            pending.commit_text(document)
+            say(f"wrote {json_path}")
 
 
 @app.command()
 def profile(
     image: ImageArg = None,
+    image_opt: ImageOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
     prompt: PromptOpt = None,
-    device: Annotated[
-        str, typer.Option("--device", help="cuda, cuda:N, or cpu (the same instrumented pipeline).")
-    ] = "cuda",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE",
+                                        help="cuda, cuda:N, or cpu (the same instrumented pipeline).")
+                      ] = "cuda",
     dtype: DTypeOpt = None,
-    weights: Annotated[
-        Weights,
-        typer.Option(
-            "--weights",
-            help="pretrained: load --model; random: build the architecture from the shipped configs "
-            "(same memory, no download).",
-        ),
+    weights: Annotated[Weights, typer.Option(
+        "--weights", case_sensitive=False,
+        help="pretrained: load --model; random: build the architecture from the shipped configs (same memory).")
     ] = Weights.pretrained,
-    model: Annotated[
-        str, typer.Option("--model", help="Hub id or local folder for --weights pretrained.")
-    ] = DEFAULT_MODEL,
+    model: Annotated[str | None, typer.Option(
+        "--model", metavar="ID_OR_PATH",
+        help="Hub id or local folder for pretrained weights [default: stable-diffusion-v1-5/stable-diffusion-v1-5]."
+    )] = None,
     architecture: ArchitectureOpt = Architecture.sd15,
-    steps: StepsOpt = 50,
-    strength: StrengthOpt = 0.8,
-    guidance: GuidanceOpt = 5.0,
-    batch: BatchOpt = 1,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the generator.")] = 0,
-    safety_checker: SafetyOpt = True,
-    json_path: JsonPathOpt = None,
-    save_image: Annotated[
-        Path | None, typer.Option("--save-image", help="Keep the pipeline's output image here.")
-    ] = None,
-    units: UnitsOption = Units.gib,
+    steps: StepsOpt = "50",
+    strength: StrengthOpt = "0.8",
+    guidance: GuidanceOpt = "5.0",
+    batch: BatchOpt = "1",
+    seed: Annotated[str, typer.Option("--seed", metavar="N", help="Seed of the random generator.")] = "0",
+    safety_checker: SafetyOpt = False,
+    json_path: JsonOpt = None,
+    save_image: Annotated[Path | None, typer.Option(
+        "--save-image", metavar="PATH", help="Keep the pipeline's output image (format from the extension).")] = None,
+    units: UnitsOpt = Units.gib,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Also list what the simulation does not model.")] = False,
 ) -> None:
-    """Run the real SD v1.5 img2img pipeline and record the peak memory of every stage beside the formula
-    (and, on a GPU, beside the simulation of the same settings)."""
-    from sdvram.extras import require_profile_extra
+    """Run the real SD v1.5 img2img pipeline and record the peak memory of every stage beside the seed
+    formula (on a GPU, beside the simulation of the same settings too)."""
+    with failures():
+        _require_profile_extra()
+        from sdvram.requests import ProfileOptions, check_profile_options
 
-    try:
-        require_profile_extra()
-        _check_outputs(json_path, save_image)
-        from sdvram.profiler import oom_message
-        from sdvram.profiler import profile as run_profile
+        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture,
+                               _settings(steps, strength, guidance, batch, seed, safety_checker))
+        options = ProfileOptions(device=device, weights=weights, model=model, save_image=save_image)
+        check_profile_options(options, architecture)
+        from sdvram.engine import resolve
 
-        request = _request(
-            image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch, safety_checker,
-            device=device, weights=weights.value, model=model, seed=seed, save_image=save_image,
-        )
-        if device == "cpu" and architecture is Architecture.sd15:
-            err.print("note: SD v1.5 on a CPU takes a long time (each of the 41 UNet calls runs for seconds); "
-                      "--architecture tiny --weights random checks the same pipeline in seconds.", markup=False)
-        with unet_progress() as progress:
-            record = run_profile(request, progress)
-        _finish(record, json_path, units)
-        if record.status == "out_of_memory":
-            raise OutOfMemoryError(oom_message(record))
-    except SdvramError as error:
-        fail(error)
+        resolve(request)  # every value checked before anything is built or reserved
+        if architecture is Architecture.sd15 and device == "cpu":
+            say("note: SD v1.5 on a CPU takes a long time (each of the 41 UNet calls runs for seconds); "
+                "--architecture tiny --weights random checks the same pipeline in seconds.")
+        _run_and_deliver("profile", request, options, json_path, save_image, units, verbose)
 
 
 @app.command()
 def simulate(
     image: ImageArg = None,
+    image_opt: ImageOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
     prompt: PromptOpt = None,
-    gpu: Annotated[
-        str,
-        typer.Option(
-            "--gpu", help=f"The GPU to predict: {', '.join(GPUS)}; or cpu (what profile --device cpu measures)."
-        ),
-    ] = DEFAULT_GPU,
+    gpu: Annotated[str | None, typer.Option(
+        "--gpu", metavar="NAME", help=f"The card to predict: {', '.join(GPUS)}; or cpu (what profile --device cpu "
+        f"measures) [default: {DEFAULT_GPU}].")] = None,
+    vram: Annotated[str | None, typer.Option(
+        "--vram", metavar="SIZE", help="Any other card: its memory, e.g. 8GB or 12GiB (with --arch).")] = None,
+    arch: Annotated[str | None, typer.Option(
+        "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")] = None,
     dtype: DTypeOpt = None,
     architecture: ArchitectureOpt = Architecture.sd15,
-    steps: StepsOpt = 50,
-    strength: StrengthOpt = 0.8,
-    guidance: GuidanceOpt = 5.0,
-    batch: BatchOpt = 1,
-    safety_checker: SafetyOpt = True,
-    attention: Annotated[
-        Attention,
-        typer.Option(
-            "--attention",
-            help="auto: the kernel PyTorch picks for the GPU; or allow only flash, efficient or math "
-            "(as torch.nn.attention.sdpa_kernel would).",
-        ),
-    ] = Attention.auto,
-    explain: Annotated[
-        bool,
-        typer.Option("--explain", help="List the live tensors at each peak, grouped by the module that made them."),
-    ] = False,
-    json_path: JsonPathOpt = None,
-    units: UnitsOption = Units.gib,
+    steps: StepsOpt = "50",
+    strength: StrengthOpt = "0.8",
+    guidance: GuidanceOpt = "5.0",
+    batch: BatchOpt = "1",
+    safety_checker: SafetyOpt = False,
+    attention: Annotated[Kernel, typer.Option(
+        "--attention", case_sensitive=False,
+        help="auto: the kernel PyTorch picks for the card; or only flash, efficient or math, as "
+             "torch.nn.attention.sdpa_kernel allows (an error where that kernel cannot run).")] = Kernel.auto,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="List what is live at each peak, grouped by the module that made it.")] = False,
+    json_path: JsonOpt = None,
+    units: UnitsOpt = Units.gib,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Also list what the simulation does not model.")] = False,
 ) -> None:
-    """Predict a GPU's per-stage peak memory without a GPU: the real pipeline on the meta device."""
+    """Predict a GPU's memory without a GPU: the real pipeline on PyTorch's meta device, with the caching
+    allocator, cuDNN/cuBLAS workspaces and the attention kernels of the card modelled."""
+    with failures():
+        _require_profile_extra()
+        target = _target(gpu, vram, arch)
+        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture,
+                               _settings(steps, strength, guidance, batch, "0", safety_checker))
+        from sdvram.engine import resolve
+        from sdvram.simulate import SimulateOptions
+
+        resolve(request)
+        options = SimulateOptions(target, attention, explain)
+        _run_and_deliver("simulate", request, options, json_path, None, units, verbose)
+
+
+def _target(gpu: str | None, vram: str | None, arch: str | None) -> Any:
+    from sdvram.errors import InputError
+    from sdvram.gpus import DEFAULT_GPU, custom_gpu, find_gpu
+
+    if vram is not None:
+        if gpu is not None:
+            raise InputError("Give either --gpu or --vram, not both.")
+        return custom_gpu(vram, arch)
+    if arch is not None:
+        raise InputError("--arch goes with --vram (a card not in the table); a --gpu from the table has its own.")
+    return find_gpu(gpu or DEFAULT_GPU)
+
+
+def _require_profile_extra() -> None:
     from sdvram.extras import require_profile_extra
 
+    require_profile_extra()
+
+
+def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | None, image_path: Path | None,
+                     units: Units, verbose: bool) -> None:
+    """Reserve the outputs, run, then deliver: the JSON first, the table, the image; a write that fails
+    at the end is reported after the table (exit 6), never losing what could be printed."""
+    from sdvram.outputs import image_format, reserve
+
+    image_fmt = image_format(image_path, "save_image") if image_path is not None else None
+    pending_json = reserve(json_path, "JSON record", "json")
     try:
-        require_profile_extra()
-        from sdvram.gpus import find_gpu
-        from sdvram.simulate import SimulateOptions
-        from sdvram.simulate import simulate as run_simulate
-
-        target = find_gpu(gpu)
-        _check_outputs(json_path, None)
-        request = _request(
-            image, height, width, prompt, dtype, architecture, steps, strength, guidance, batch, safety_checker,
-            device="meta", weights="random",
-        )
-        options = SimulateOptions(target, attention.value, explain)
+        pending_image = reserve(image_path, "output image", "save_image")
+    except BaseException:
+        if pending_json is not None:
+            pending_json.discard()
+        raise
+    pendings = [p for p in (pending_json, pending_image) if p is not None]
+    try:
         with unet_progress() as progress:
-            record = run_simulate(request, options, progress)
-        _finish(record, json_path, units)
-    except SdvramError as error:
-        fail(error)
+            if kind == "profile":
+                from sdvram.compare import profile_and_simulate
+
+                result = profile_and_simulate(request, options, progress)
+                record, picture = result.record, result.image
+            else:
+                from sdvram.simulate import simulate as run_simulate
+
+                record, picture = run_simulate(request, options, progress), None
+    except BaseException:
+        for pending in pendings:
+            pending.discard()
+        raise
+    _deliver(record, picture, json_path, pending_json, pending_image, image_fmt, units, verbose)
 
 
-def _check_outputs(json_path: Path | None, image_path: Path | None) -> None:
-    from sdvram.record import check_output_path
+def _deliver(record: Any, picture: Any, json_path: str | None, pending_json: Any, pending_image: Any,
+             image_fmt: str | None, units: Units, verbose: bool) -> None:
+    from sdvram.profiler import oom_message
+    from sdvram.report import explain_tables, record_view, to_json
 
-    if json_path is not None:
-        check_output_path(json_path, "JSON record")
-    if image_path is not None:
-        check_output_path(image_path, "output image")
-
-
-def _request(
-    image: Path | None,
-    height: str | None,
-    width: str | None,
-    prompt: str | None,
-    dtype: DType | None,
-    architecture: Architecture,
-    steps: int,
-    strength: float,
-    guidance: float,
-    batch: int,
-    safety_checker: bool,
-    **rest: Any,
-) -> Any:
-    """The ProfileRequest both commands build from their shared options."""
-    from sdvram.pipeline import RunSettings
-    from sdvram.profiler import ProfileRequest
-
-    settings = RunSettings(
-        steps=steps,
-        strength=strength,
-        guidance=guidance,
-        batch=batch,
-        seed=rest.pop("seed", 0),
-        safety_checker=safety_checker,
-    )
-    return ProfileRequest(
-        image=image,
-        height=height,
-        width=width,
-        prompt=prompt,
-        dtype=dtype.value if dtype else None,
-        architecture=architecture.value,
-        settings=settings,
-        **rest,
-    )
-
-
-def _finish(record: Any, json_path: Path | None, units: Units) -> None:
-    """Write the record (whole or not at all) and print its tables."""
-    from sdvram.record import write_json_atomic
-    from sdvram.report import explain_tables, record_table, simulation_notes
-
-    if json_path is not None:
-        write_json_atomic(json_path, record.to_json())
-        err.print(f"wrote {json_path}", markup=False, highlight=False)
-    out.print(record_table(record, units))
-    if record.kind == "simulate":
-        out.print(simulation_notes(record, units))
-        if "explain" in record.extra:
+    problems: list[SdvramError] = []
+    document = to_json(record.to_json()) + "\n"
+    if json_path == STDOUT:
+        sys.stdout.write(document)
+    else:
+        if pending_json is not None:
+            try:
+                pending_json.commit_text(document)
+                say(f"wrote {json_path}")
+            except WriteError as exc:
+                problems.append(exc)
+        out.print(record_view(record, units, verbose))
+        if record.simulation is not None and record.simulation.explain:
             out.print(explain_tables(record, units))
+    if pending_image is not None:
+        if picture is None:
+            pending_image.discard()
+            say("note: no image was saved: the run did not complete.")
+        else:
+            try:
+                pending_image.commit_with(lambda handle: picture.save(handle, format=image_fmt))
+                say(f"wrote {pending_image.path}")
+            except WriteError as exc:
+                problems.append(WriteError(f"{exc}" + (" The JSON record was written." if pending_json else "")))
+    if record.status == "out_of_memory":
+        problems.insert(0, OutOfMemoryError(oom_message(record)))
+    for problem in problems:
+        say(f"error: {problem.render(FLAGS)}")
+    if problems:
+        raise typer.Exit(problems[0].exit_code)
 
 
 @contextmanager
 def unet_progress() -> Iterator[Callable[[int, int], None]]:
     """A progress bar over the UNet calls, on stderr, shown from the first call on (so an error before the
-    loop prints nothing but its sentence)."""
+    loop prints nothing but its sentence), and only on a terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(
-        TextColumn("denoising (UNet calls)"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
+    bar = Progress(TextColumn("denoising (UNet calls)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=True)
     task = bar.add_task("unet", total=None)
 
     def advance(done: int, total: int) -> None:
@@ -365,8 +432,4 @@ def unet_progress() -> Iterator[Callable[[int, int], None]]:
 
 def main() -> None:
     """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+    app()

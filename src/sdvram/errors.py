@@ -1,12 +1,40 @@
-"""The failures sdvram reports to a user, each with its documented exit code (README, "Exit codes")."""
+"""The failures sdvram reports to a user, each with its documented exit code (README, "Exit codes").
+
+Library code names parameters, not command-line flags: an ``InputError`` is built from a template whose
+``{param}`` fields are parameter names, and ``render`` fills them with the names the caller's interface
+uses (the CLI passes its flag table; ``str()`` gives the parameter names themselves).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 
 class SdvramError(Exception):
-    """A failure the user can act on: printed as one sentence on stderr, never as a traceback."""
+    """A failure the user can act on: printed as one sentence on stderr, never as a traceback.
+
+    ``InputError("{height} must be ...; got {got}.", params=("height",), got=0)``: each name in ``params``
+    is a parameter, rendered through the caller's name table; other fields are values, inserted as given.
+    A template without params or values is the sentence itself (it may hold braces).
+    """
 
     exit_code = 1
+
+    def __init__(self, template: str, *, params: Sequence[str] = (), **values: Any) -> None:
+        self.template, self.params, self.values = template, tuple(params), values
+        super().__init__(self.render())
+
+    def render(self, names: Mapping[str, str] | Callable[[str], str] | None = None) -> str:
+        if not self.params and not self.values:
+            return self.template
+        spell: Callable[[str], str]
+        if callable(names):
+            spell = names
+        else:
+            table = names or {}
+            spell = lambda param: table.get(param, param)  # noqa: E731
+        return self.template.format(**{p: spell(p) for p in self.params}, **self.values)
 
 
 class InputError(SdvramError):
@@ -36,6 +64,22 @@ class MissingExtraError(SdvramError):
 
 
 class OutOfMemoryError(SdvramError):
-    """The GPU ran out of memory during a profiled stage."""
+    """The device (a GPU, or the host for a CPU run) ran out of memory during a profiled stage."""
 
     exit_code = 5
+
+
+class WriteError(SdvramError):
+    """A result was computed but a file the user asked for could not be written at the end; what could be
+    printed or written was, and the sentence says what was lost."""
+
+    exit_code = 6
+
+
+class Interrupted(SdvramError):
+    """Ctrl-C: the run stopped; files are written whole or not at all, so nothing half-written is left."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted; nothing was written")

@@ -1,17 +1,24 @@
-"""``estimate()``: the public entry point of the estimate path. Resolves what the user gave (sizes or an
-image, a token count or a prompt) and evaluates the seed formula. Never imports torch."""
+"""``estimate()``: the public entry point of the estimate path. Resolves what the user gave (a size or an
+image, a token count or a prompt) and evaluates the seed formula. Never imports torch.
+
+``Estimate.to_json`` is the schema of ``sdvram estimate --json``, kept beside the data it describes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sdvram.architecture import CLIP_MAX_TOKENS
 from sdvram.errors import InputError
-from sdvram.formula import SeedEstimate, seed_estimate
-from sdvram.inputs import parse_batch, parse_side, parse_tokens
+from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR, SeedEstimate, seed_estimate
+from sdvram.inputs import MIN_SIDE, parse_batch, parse_side, parse_tokens
 
-DEFAULT_TOKENS = CLIP_MAX_TOKENS  # the pipeline pads every prompt to 77 tokens, so 77 is what it really runs
+# The prompt every command uses when given none (neither a prompt nor an image with a manifest entry);
+# the output names it, and its tokens are counted as any prompt's are.
+DEFAULT_PROMPT = "a detailed photograph of a landscape"
+SCHEMA_VERSION = 2  # of the estimate's JSON document; bump when a field changes meaning
 
 
 @dataclass(frozen=True)
@@ -20,71 +27,97 @@ class Estimate:
 
     seed: SeedEstimate
     image: str | None  # the image the size was read from, if any
-    prompt: str | None  # the prompt the tokens were counted from, if any
-    tokens_source: str  # "--tokens", "--prompt", "manifest" or "default"
-    untruncated_tokens: int | None  # the prompt's length before the pipeline's cut at 77, when counted
+    prompt: str | None  # the prompt the tokens were counted from (None when a token count was given)
+    tokens_source: str  # "tokens" (given), "prompt" (given), "manifest" (the image's) or "default prompt"
+    untruncated_tokens: int | None  # the prompt's length before the pipeline's cut at 77 (None: over 77)
     notes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document of ``sdvram estimate --json`` (and a record's ``formula``): inputs, then every
+        figure in bytes."""
+        seed = self.seed
+        return {
+            "method": "seed",
+            "schema_version": SCHEMA_VERSION,
+            "inputs": {
+                "width": seed.width,
+                "height": seed.height,
+                "tokens": seed.tokens,
+                "tokens_source": self.tokens_source,
+                "untruncated_tokens": self.untruncated_tokens,
+                "batch": seed.batch,
+                "safety_checker": seed.safety_checker,
+                "image": self.image,
+                "prompt": self.prompt,
+            },
+            "bytes": {**seed.stage_bytes(), "overhead": seed.overhead, "total": seed.total},
+            "peak_stage": seed.peak_stage,
+            "overhead_factor": OVERHEAD_NUMERATOR / OVERHEAD_DENOMINATOR,
+            "notes": list(self.notes),
+        }
 
 
 def estimate(
-    height: int | str | None = None,
-    width: int | str | None = None,
-    tokens: int | str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    tokens: int | None = None,
     *,
     image: str | Path | None = None,
     prompt: str | None = None,
-    batch: int | str = 1,
+    batch: int = 1,
     safety_checker: bool = False,
+    min_side: int = MIN_SIDE,
 ) -> Estimate:
-    """The seed formula for an image size (``height``/``width`` or ``image``) and a prompt length
-    (``tokens`` or ``prompt``; default 77). Raises ``InputError`` on anything not allowed."""
+    """The seed formula for an image size (``height`` and ``width``, or ``image``) and a prompt length
+    (``tokens``, or the tokens of ``prompt``, else of the image's manifest prompt, else of
+    ``DEFAULT_PROMPT``). ``safety_checker`` counts its weights in the base (the seed's formula does not).
+    Raises ``InputError`` naming the parameter on anything not allowed."""
     if image is not None and (height is not None or width is not None):
-        raise InputError("Give either --image or both --h and --w, not both.")
+        raise InputError("Give either {image} or both {height} and {width}, not both.",
+                         params=("image", "height", "width"))
     if image is None and (height is None or width is None):
-        raise InputError("Give the image size as both --h and --w (pixels), or an image with --image.")
+        raise InputError("Give the image size as both {height} and {width} (pixels), or an {image}.",
+                         params=("height", "width", "image"))
     if tokens is not None and prompt is not None:
-        raise InputError("Give either --tokens or --prompt, not both.")
+        raise InputError("Give either {tokens} or {prompt}, not both.", params=("tokens", "prompt"))
 
     notes: list[str] = []
     if image is not None:
         from sdvram.images import image_info  # Pillow, only when there is an image to read
 
-        info = image_info(image)
-        h, w = info.height, info.width
+        info = image_info(image, min_side)
+        w, h = info.width, info.height
+        notes.extend(info.notes)
     else:
         assert height is not None and width is not None
-        h, w = parse_side(height, "--h"), parse_side(width, "--w")
+        h, w = parse_side(height, "height", min_side), parse_side(width, "width", min_side)
     if h % 8 or w % 8:
         notes.append(
-            f"The pipeline rounds {w}x{h} down to {w - w % 8}x{h - h % 8} (multiples of 8); "
+            f"The pipeline rounds {w} x {h} px (W x H) down to {w - w % 8} x {h - h % 8} (multiples of 8); "
             "the seed formula uses the size as given."
         )
 
-    source = "--tokens"
     untruncated = None
-    if prompt is None and tokens is None and image is not None:
-        from sdvram.images import manifest_prompt
+    if tokens is not None:
+        n_tokens, source = parse_tokens(tokens), "tokens"
+    else:
+        source = "prompt"
+        if prompt is None and image is not None:
+            from sdvram.images import manifest_prompt
 
-        prompt = manifest_prompt(image)
-        source = "manifest"
-    if prompt is not None:
+            prompt = manifest_prompt(image)
+            source = "manifest"
+        if prompt is None:
+            prompt, source = DEFAULT_PROMPT, "default prompt"
         from sdvram.tokenizer import count_tokens  # reads the 1.3 MB vocabulary, only for a prompt
 
-        source = "--prompt" if source != "manifest" else source
         counted = count_tokens(prompt)
         n_tokens, untruncated = counted.tokens, counted.untruncated
         if counted.truncated:
-            notes.append(
-                f"The prompt is {counted.untruncated} tokens; the pipeline truncates it to {CLIP_MAX_TOKENS}."
-            )
-    elif tokens is not None:
-        n_tokens = parse_tokens(tokens)
-    else:
-        n_tokens, source = DEFAULT_TOKENS, "default"
+            notes.append(f"The prompt is {counted.describe()}; the pipeline truncates it to {CLIP_MAX_TOKENS}.")
     notes.append(
         "The real pipeline pads every prompt to 77 tokens, so its memory does not depend on the prompt length."
     )
-    notes.append("This is the seed formula; 'sdvram simulate' predicts what the real pipeline allocates on a GPU.")
     seed = seed_estimate(h, w, n_tokens, batch=parse_batch(batch), safety_checker=safety_checker)
     return Estimate(
         seed=seed,

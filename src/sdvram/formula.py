@@ -1,5 +1,5 @@
-"""The seed formula: the VRAM model of ``shared/seed/sd15-vram-architecture.md``, section "VRAM Formula
-Derivation", implemented exactly as written, simplifications included.
+"""The seed formula: the VRAM model of the seed document (``docs/seed/sd15-vram-architecture.md``, section
+"VRAM Formula Derivation"), implemented exactly as written, simplifications included.
 
 Pure Python on purpose: ``sdvram estimate`` must never import torch. Every figure is in bytes.
 Where the real pipeline differs from this model, ``sdvram profile`` and ``sdvram simulate`` report the
@@ -19,6 +19,7 @@ from sdvram.architecture import (
     VAE_PARAMS,
     VAE_SCALE_FACTOR,
 )
+from sdvram.stages import ACTIVATION_TERMS
 
 BYTES_PER_VALUE = 2  # fp16: the seed counts every weight and activation at 2 bytes
 TEMP_COPIES = 3  # the seed's "3x temp tensors" held by the VAE, and its 3x factor on UNet channel memory
@@ -27,13 +28,6 @@ UNET_MEAN_CHANNELS = 745  # seed document: mean of the 320/640/1280 channel leve
 # structures; kept as the exact fraction 6/5 so the total is computed in integers.
 OVERHEAD_NUMERATOR, OVERHEAD_DENOMINATOR = 6, 5
 
-STAGES = ("vae_encode", "unet", "vae_decode")
-STAGE_LABELS = {
-    "base": "Base weights",
-    "vae_encode": "VAE encoder",
-    "unet": "UNet",
-    "vae_decode": "VAE decoder",
-}
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class SeedEstimate:
 
     def stage_bytes(self) -> dict[str, int]:
         """Base and the three activation stages, in pipeline order."""
-        return {"base": self.base, **{name: int(getattr(self, name)) for name in STAGES}}
+        return {"base": self.base, **{name: int(getattr(self, name)) for name in ACTIVATION_TERMS}}
 
 
 def base_bytes(safety_checker: bool = False) -> int:
@@ -110,7 +104,7 @@ def seed_estimate(
         "vae_decode": vae_decode_bytes(height, width) * batch,
     }
     # Ties go to the earliest stage in pipeline order (the encoder and decoder are always equal).
-    peak_stage = max(STAGES, key=lambda name: stages[name])
+    peak_stage = max(ACTIVATION_TERMS, key=lambda name: stages[name])
     subtotal = base + stages[peak_stage]
     total = -(-subtotal * OVERHEAD_NUMERATOR // OVERHEAD_DENOMINATOR)  # ceiling division
     return SeedEstimate(

@@ -1,11 +1,17 @@
 """Reading input images the way the pipeline sees them, and the prompt manifest beside them.
 
-Pillow only. Sizes are taken after EXIF orientation is applied: a phone photo stored landscape with an
+Pillow only. Sizes are taken after EXIF orientation is applied: a phone photo stored landscape with a
 "rotate 90" tag reaches the pipeline portrait, because loaders apply the tag (``ImageOps.exif_transpose``).
+
+``image_info`` reads what the estimate and the simulation need, the oriented size, from the file's header
+without decoding its pixels, and checks that the file is whole: a JPEG is decoded at 1/8 scale (libjpeg's
+DCT scaling reads every coded block but keeps 1/64 of the pixels), a PNG's chunks are walked to its IEND
+without inflating them; other formats are decoded. ``load_rgb`` decodes the image for a real run.
 """
 
 from __future__ import annotations
 
+import struct
 import tomllib
 import warnings
 from collections.abc import Iterator
@@ -16,50 +22,47 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sdvram.errors import InputError
-from sdvram.inputs import MAX_SIDE, MIN_SIDE
+from sdvram.inputs import MAX_SIDE, MIN_SIDE, plural
 
 MANIFEST_NAME = "prompts.toml"  # beside the images: one [images."NAME"] table with a prompt per image
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the stored pixels must be turned
 SWAPS_SIDES = {5, 6, 7, 8}  # orientations that turn the image by 90 or 270 degrees (transpose variants)
+JPEG_DRAFT_SCALE = 8  # libjpeg decodes at 1/1, 1/2, 1/4 or 1/8 scale; 1/8 keeps the check cheapest
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """An image's size as the pipeline sees it (after EXIF orientation), and its format."""
+    """An image's size as the pipeline sees it (after EXIF orientation), its format, and notes on what
+    was odd about the file but did not stop it (a damaged EXIF block)."""
 
     path: Path
     width: int
     height: int
     format: str
+    notes: tuple[str, ...] = ()
 
 
-def image_info(path: str | Path) -> ImageInfo:
-    """Decode ``path`` fully (so a truncated file is caught) and return its oriented size."""
-    with _open(path) as image:
-        return _checked_info(path, image)
+def image_info(path: str | Path, min_side: int = MIN_SIDE) -> ImageInfo:
+    """The oriented size of ``path``, read from its header, with the file checked to be whole; an
+    InputError when it is not an image, is damaged, or a side is outside ``min_side`` to 16384."""
+    notes: list[str] = []
+    with _open(path, notes) as image:
+        info = _checked_info(path, image, min_side, notes)
+        _check_whole(path, image)
+    return info
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """The image as the pipeline takes it: decoded once, checked as `estimate --image` checks it, EXIF
-    orientation applied, RGB."""
-    with _open(path) as image:
-        _checked_info(path, image)
-        oriented = ImageOps.exif_transpose(image)
+def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
+    """The image as the pipeline takes it: checked as ``image_info`` checks it, decoded, EXIF orientation
+    applied, RGB."""
+    notes: list[str] = []
+    with _open(path, notes) as image:
+        _checked_info(path, image, min_side, notes)
+        _decode(path, image)
+        with _quiet_exif(notes):
+            oriented = ImageOps.exif_transpose(image)
         return (oriented if oriented is not None else image).convert("RGB")
-
-
-def _checked_info(path: str | Path, image: Image.Image) -> ImageInfo:
-    """The decoded ``image``'s size after EXIF orientation, or an InputError when a side is out of range."""
-    width, height = image.size
-    if image.getexif().get(EXIF_ORIENTATION, 1) in SWAPS_SIDES:
-        width, height = height, width
-    for side, name in ((width, "width"), (height, "height")):
-        if not MIN_SIDE <= side <= MAX_SIDE:
-            raise InputError(
-                f"{path}: its {name} is {side} pixels; images from {MIN_SIDE} to {MAX_SIDE} pixels a side "
-                "are allowed."
-            )
-    return ImageInfo(Path(path), width, height, image.format or "unknown")
 
 
 def manifest_prompt(path: str | Path) -> str | None:
@@ -71,51 +74,126 @@ def manifest_prompt(path: str | Path) -> str | None:
     try:
         data = tomllib.loads(manifest.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{manifest} is not valid TOML ({exc}); fix it or pass --prompt.") from None
+        raise InputError(f"{manifest} is not valid TOML ({exc}); fix it or pass a prompt.") from None
     entry = data.get("images", {}).get(path.name)
     if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
         return None
     return str(entry["prompt"])
 
 
-def _open(path: str | Path) -> Image.Image:
-    """Open and fully decode ``path``, turning every way it can fail into one InputError sentence."""
+def _checked_info(path: str | Path, image: Image.Image, min_side: int, notes: list[str]) -> ImageInfo:
+    """The header's size after EXIF orientation, or an InputError when a side is out of range."""
+    width, height = image.size
+    if _orientation(image, notes) in SWAPS_SIDES:
+        width, height = height, width
+    for side, name in ((width, "width"), (height, "height")):
+        if not min_side <= side <= MAX_SIDE:
+            raise InputError(
+                f"{path}: its {name} is {plural(side, 'pixel')}; images from {min_side} to {MAX_SIDE} pixels "
+                "a side are allowed."
+            )
+    return ImageInfo(Path(path), width, height, image.format or "unknown", tuple(notes))
+
+
+def _orientation(image: Image.Image, notes: list[str]) -> int:
+    """The EXIF orientation tag (1 when absent), read without decoding pixels. A PNG keeps its EXIF in an
+    eXIf chunk that Pillow only reads while decoding unless it precedes the pixels; one after them is not
+    looked for (the pipeline's loader would find it only after decoding too)."""
+    with _quiet_exif(notes):
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not isinstance(raw, bytes):
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = image.getexif()
+        value = exif.get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) else 1
+
+
+@contextmanager
+def _quiet_exif(notes: list[str]) -> Iterator[None]:
+    """Pillow warns (with its own file path) about damaged EXIF blocks; make each one note instead."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        note = f"The image's EXIF data is damaged ({warning.message}); its orientation tag, if any, was ignored."
+        if note not in notes:
+            notes.append(note)
+
+
+def _check_whole(path: str | Path, image: Image.Image) -> None:
+    """Raise an InputError when the file is cut short or damaged, at a fraction of a full decode's cost."""
+    if image.format == "PNG":
+        _check_png_chunks(path)
+        return
+    if image.format == "JPEG":
+        width, height = image.size
+        image.draft("RGB", (max(1, width // JPEG_DRAFT_SCALE), max(1, height // JPEG_DRAFT_SCALE)))
+    _decode(path, image)
+
+
+def _check_png_chunks(path: str | Path) -> None:
+    """Walk the PNG's chunks (length, type, data, CRC) to IEND without reading their data."""
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(len(PNG_SIGNATURE))
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                break
+            length, kind = struct.unpack(">I4s", header)
+            end = handle.tell() + length + 4  # the data, then the CRC
+            if end > size:
+                break
+            if kind == b"IEND":
+                return
+            handle.seek(end)
+    raise InputError(f"{path}: the image data is cut short (no IEND chunk); re-export or re-download the file.")
+
+
+def _decode(path: str | Path, image: Image.Image) -> None:
+    try:
+        with _pixel_limit():
+            image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(
+            f"{path}: the image data is damaged or truncated ({exc}); re-export or re-download the file."
+        ) from None
+
+
+@contextmanager
+def _open(path: str | Path, notes: list[str]) -> Iterator[Image.Image]:
+    """Open ``path`` (its header only), turning every way that can fail into one InputError sentence."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file; give the path of a JPEG, PNG or other image Pillow can read.")
     if not path.is_file():
         raise InputError(f"{path}: not a file; give the path of an image file.")
     try:
-        with _pixel_limit(MAX_SIDE * MAX_SIDE):
+        with _pixel_limit(), _quiet_exif(notes):
             image = Image.open(path)
-    except Image.DecompressionBombError:
-        raise InputError(f"{path}: too many pixels; images up to {MAX_SIDE} pixels a side are allowed.") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image Pillow can read; give a JPEG, PNG, WebP or similar.") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
-    try:
-        with _pixel_limit(MAX_SIDE * MAX_SIDE):
-            image.load()
     except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc}).") from None
+    try:
+        yield image
+    finally:
         image.close()
-        raise InputError(
-            f"{path}: the image data is damaged or truncated ({exc}); re-export or re-download the file."
-        ) from None
-    return image
 
 
 @contextmanager
-def _pixel_limit(pixels: int) -> Iterator[None]:
-    """Pillow refuses images above ``Image.MAX_IMAGE_PIXELS`` (about 89 M, a guard against decompression
-    bombs), below our 16384 x 16384 maximum: raise it to that maximum while we decode, and put it back.
-    Beyond twice the limit Pillow raises DecompressionBombError; at the limit it only warns, so the warning
-    is silenced for sizes we allow."""
+def _pixel_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, about 89 M pixels) would refuse sizes
+    we allow; sizes are checked from the header (``_checked_info``, at most 16384 a side) before any pixel
+    is decoded, so the guard is lifted while Pillow opens and decodes, and put back."""
     previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = pixels
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+        yield
     finally:
         Image.MAX_IMAGE_PIXELS = previous

@@ -1,6 +1,13 @@
-"""Validation of what the user asks for: image sizes, token counts, batch. Pure Python."""
+"""Checking what the user asks for: sizes, counts, settings. Pure Python.
+
+Every check names the parameter (``height``, ``steps``) in its error; the CLI spells it as its flag. The
+``parse_*`` functions take text as typed (or an int) and return the typed value, so the CLI can build a
+typed request at its edge and the library can check values given from Python with the same words.
+"""
 
 from __future__ import annotations
+
+import math
 
 from sdvram.architecture import CLIP_MAX_TOKENS, VAE_SCALE_FACTOR
 from sdvram.errors import InputError
@@ -10,10 +17,20 @@ MIN_SIDE = VAE_SCALE_FACTOR  # one latent pixel: below 8 px the latent has no pi
 # already asks for ~22 GiB and the real UNet far more than any single GPU holds.
 MAX_SIDE = 16384
 MAX_BATCH = 64  # a guard against typos; activations grow linearly with the batch
+MAX_STEPS = 1000  # PNDM's num_train_timesteps: the scheduler cannot take more inference steps
+MAX_GUIDANCE = 100.0  # a guard against typos; SD v1.5 is used at 1 to 15
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
 
 
-def parse_int(value: str | int, option: str, low: int, high: int, what: str) -> int:
-    """``value`` as an int within [low, high], else an InputError that says what is allowed."""
+def plural(count: int, noun: str) -> str:
+    """``"1 pixel"``, ``"2 pixels"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def parse_int(value: str | int, param: str, low: int, high: int, what: str = "") -> int:
+    """``value`` as an int within [low, high], else an InputError that says what is allowed (``what``: the
+    unit, as in "a whole number of pixels")."""
+    kind = f"a whole number of {what}" if what else "a whole number"
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
@@ -21,24 +38,63 @@ def parse_int(value: str | int, option: str, low: int, high: int, what: str) -> 
         try:
             number = int(text, 10)
         except ValueError:
-            raise InputError(
-                f"{option} must be a whole number of {what} from {low} to {high}; got '{value}'."
-            ) from None
+            raise InputError(f"{{{param}}} must be {kind} from {{low}} to {{high}}; got '{{got}}'.",
+                             params=(param,), low=low, high=high, got=value) from None
     if not low <= number <= high:
-        raise InputError(f"{option} must be a whole number of {what} from {low} to {high}; got {number}.")
+        raise InputError(f"{{{param}}} must be {kind} from {{low}} to {{high}}; got {{got}}.",
+                         params=(param,), low=low, high=high, got=number)
     return number
 
 
-def parse_side(value: str | int, option: str) -> int:
+def parse_float(value: str | float, param: str) -> float:
+    """``value`` as a finite float, else an InputError naming ``param``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise InputError(f"{{{param}}} must be a number; got '{{got}}'.", params=(param,), got=value) from None
+    if not math.isfinite(number):
+        raise InputError(f"{{{param}}} must be a finite number; got {{got}}.", params=(param,), got=value)
+    return number
+
+
+def parse_side(value: str | int, param: str, low: int = MIN_SIDE) -> int:
     """An image height or width in pixels."""
-    return parse_int(value, option, MIN_SIDE, MAX_SIDE, "pixels")
+    return parse_int(value, param, low, MAX_SIDE, "pixels")
 
 
-def parse_tokens(value: str | int, option: str = "--tokens") -> int:
+def parse_tokens(value: str | int, param: str = "tokens") -> int:
     """A CLIP prompt length, start and end tokens included."""
-    return parse_int(value, option, 1, CLIP_MAX_TOKENS, "CLIP tokens")
+    return parse_int(value, param, 1, CLIP_MAX_TOKENS, "CLIP tokens")
 
 
-def parse_batch(value: str | int, option: str = "--batch") -> int:
+def parse_batch(value: str | int, param: str = "batch") -> int:
     """Images generated per call."""
-    return parse_int(value, option, 1, MAX_BATCH, "images")
+    return parse_int(value, param, 1, MAX_BATCH, "images")
+
+
+def parse_steps(value: str | int, param: str = "steps") -> int:
+    """num_inference_steps."""
+    return parse_int(value, param, 1, MAX_STEPS)
+
+
+def parse_seed(value: str | int, param: str = "seed") -> int:
+    """The generator's seed."""
+    return parse_int(value, param, 0, MAX_SEED)
+
+
+def parse_strength(value: str | float, param: str = "strength") -> float:
+    number = parse_float(value, param)
+    if not 0 < number <= 1:
+        raise InputError(f"{{{param}}} must be above 0 and at most 1; got {{got:g}}.", params=(param,), got=number)
+    return number
+
+
+def parse_guidance(value: str | float, param: str = "guidance") -> float:
+    number = parse_float(value, param)
+    if not 0 <= number <= MAX_GUIDANCE:
+        raise InputError(f"{{{param}}} must be from 0 to {{high:g}}; got {{got:g}}.", params=(param,),
+                         high=MAX_GUIDANCE, got=number)
+    return number

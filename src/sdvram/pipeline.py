@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,25 +36,15 @@ except ImportError:  # older transformers: the one class, Pillow-based
 
 from sdvram.architecture import CLIP_MAX_TOKENS, DEFAULT_MODEL, component_config
 from sdvram.errors import InputError
+from sdvram.requests import Settings
 from sdvram.tokenizer import clip_vocab
 
 diffusers_logging.set_verbosity_error()  # its loading chatter (accelerate hints, hub retries) is not ours to show
 
 MAX_REASON = 160  # characters of a loader's exception quoted in our one-sentence error
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How the pipeline is called. The defaults are the seed's reference run: fp16, guidance 5.0,
-    50 inference steps at strength 0.8 (40 denoising steps)."""
-
-    steps: int = 50
-    strength: float = 0.8
-    guidance: float = 5.0
-    batch: int = 1
-    seed: int = 0
-    safety_checker: bool = True
+# The order build_pipeline makes the models in, which is the order their weights are allocated in.
+BUILD_ORDER = ("unet", "vae", "text_encoder", "safety_checker")
 
 
 def build_pipeline(
@@ -101,26 +90,14 @@ def build_pipeline(
 def clip_tokenizer() -> CLIPTokenizer:
     """transformers' CLIPTokenizer over the shipped CLIP vocabulary. Built from the vocab dict and merge
     list: ``CLIPTokenizer(vocab_file=..., merges_file=...)`` silently makes a 2-token vocabulary in
-    transformers 5 (shared/FACTS.md)."""
+    transformers 5 (docs/facts.md)."""
     vocab, merges = clip_vocab()
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_TOKENS)  # type: ignore[arg-type]
 
 
-def expected_unet_calls(scheduler: Any, steps: int, strength: float) -> int:
-    """How many times the img2img loop calls the UNet: the scheduler's timesteps after the strength cut,
-    as ``StableDiffusionImg2ImgPipeline.get_timesteps`` takes them (41 for PNDM, 50 steps, strength 0.8)."""
-    schedule = type(scheduler).from_config(scheduler.config)  # a fresh one: the pipeline's keeps its state
-    schedule.set_timesteps(steps)
-    init_timestep = min(int(steps * strength), steps)
-    t_start = max(steps - init_timestep, 0)
-    return len(schedule.timesteps[t_start * schedule.order :])
-
-
-def run_pipeline(
-    pipe: Any, image: Any, prompt: str, settings: RunSettings, on_step: Any = None,
-    output_type: str = "pil",
-) -> Any:
-    """One img2img call with the seed's reference settings (or ``settings``); returns the pipeline output."""
+def run_pipeline(pipe: Any, image: Any, prompt: str, settings: Settings, output_type: str = "pil") -> Any:
+    """One img2img call with ``settings``; returns the pipeline output. ``image`` is a PIL image (given once
+    per generated image) or an already preprocessed (batch, 3, H, W) tensor (the simulation's)."""
     device = pipe.unet.device
     generator = torch.Generator("cpu" if device.type == "meta" else device).manual_seed(settings.seed)
     pipe.set_progress_bar_config(disable=True)
@@ -128,14 +105,13 @@ def run_pipeline(
         prompt=prompt,
         # One image per generated image: diffusers deprecates duplicating a single init image for
         # num_images_per_prompt > 1 (a FutureWarning); passing the batch encodes each, as it will have to.
-        image=[image] * settings.batch if settings.batch > 1 else image,
+        image=[image] * settings.batch if settings.batch > 1 and not isinstance(image, torch.Tensor) else image,
         strength=settings.strength,
         guidance_scale=settings.guidance,
         num_inference_steps=settings.steps,
         num_images_per_prompt=settings.batch,
         generator=generator,
         output_type=output_type,
-        callback_on_step_end=on_step,
     )
 
 
@@ -159,8 +135,9 @@ def _load_pretrained(model: str, device: str, dtype: torch.dtype, safety_checker
         text = " ".join(str(exc).split()) or type(exc).__name__
         first = text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
         raise InputError(
-            f"Could not load the model '{model}' ({first}); give a local folder with --model, or use "
-            "--weights random to build the SD v1.5 architecture with random weights (same memory)."
+            "Could not load the model '{name}' ({reason}); give a local folder as the {model}, or set {weights} "
+            "to random to build the SD v1.5 architecture with random weights (same memory).",
+            params=("model", "weights"), name=model, reason=first,
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

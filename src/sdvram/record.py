@@ -1,27 +1,18 @@
-"""The record of a profile or simulation: inputs, settings, environment, every stage, the seed formula
-beside it. Plain dataclasses in bytes and seconds, shared by ``profile`` and ``simulate`` so the two can be
-compared by a program; written as JSON, whole or not at all. Pure Python."""
+"""The record of a profile or a simulation: what was asked, where it ran, every stage, the seed formula
+beside it, and (for a simulation) what the model assumed. Plain dataclasses in bytes and seconds, shared by
+``profile`` and ``simulate`` so the two can be compared by a program. Pure Python.
+
+``Record.to_json`` is the schema of ``--json``; ``Record.from_json`` reads it back (``sdvram plot``).
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from sdvram.errors import InputError
+from sdvram.stages import label
 
-STAGE_LABELS = {
-    "load": "load (weights)",
-    "text_encoder": "text encoder",
-    "vae_encode": "VAE encoder",
-    "unet": "UNet loop",
-    "vae_decode": "VAE decoder",
-    "safety_checker": "safety checker",
-}
-RECORD_VERSION = 1  # bump when a field changes meaning
+RECORD_VERSION = 2  # bump when a field changes meaning (1: the records made before the run engine)
 
 
 @dataclass
@@ -46,10 +37,84 @@ class StageRecord:
 
     @property
     def label(self) -> str:
-        return STAGE_LABELS.get(self.name, self.name)
+        return label(self.name)
+
+    @property
+    def observed(self) -> int:
+        """The figure compared with the formula: the resident weights after loading, else the activation."""
+        return self.allocated_end if self.name == "load" else self.activation
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.label, "activation": self.activation}
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """The image and prompt a run used."""
+
+    image: str | None
+    width: int  # as given (the image's oriented size, or --w)
+    height: int
+    pipeline_width: int  # what the pipeline runs: each side rounded down to a multiple of 8
+    pipeline_height: int
+    prompt: str
+    prompt_tokens: int
+    prompt_source: str  # "prompt", "manifest" or "default prompt"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the pipeline was built and called."""
+
+    steps: int
+    strength: float
+    guidance: float
+    batch: int
+    seed: int
+    safety_checker: bool
+    dtype: str
+    architecture: str
+    device: str  # "cuda", "cuda:N", "cpu", or "meta" for a simulation
+    weights: str  # "pretrained" or "random"
+    model: str | None  # the model loaded (pretrained weights only)
+    attention: str  # "auto" (PyTorch's choice) or the one SDPA kernel allowed
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Does the run fit the card: the allocator model run with the card's usable memory."""
+
+    verdict: str  # "fits" or "out of memory"
+    capacity: int  # bytes the caching allocator may take: the card's memory less the CUDA context
+    card_memory: int
+    context: int
+    failed_stage: str | None = None  # where the allocation that did not fit was made
+    failed_request: int | None = None  # its bytes
+    failed_what: str | None = None  # the tensor or workspace it was for
+
+    @property
+    def fits(self) -> bool:
+        return self.verdict == "fits"
+
+
+@dataclass
+class Simulation:
+    """What a simulation adds to a record: the target, what its models assumed, and what it saw."""
+
+    gpu: str  # the GPU table's key ("measured" for the card a profile ran on)
+    gpu_name: str
+    compute_capability: str | None
+    gpu_memory: int | None
+    weights: dict[str, dict[str, int]]  # per component: exact parameter + buffer bytes, tensor count
+    unet_calls_replayed: int
+    attention_calls: list[dict[str, Any]]
+    peak_requested: int = 0  # the largest sum of live requests (torch's requested_bytes)
+    context: int | None = None  # the CUDA context the predicted nvidia-smi figure adds
+    context_source: str | None = None
+    workspaces: dict[str, int] = field(default_factory=dict)  # largest of each kind, bytes
+    assumptions: list[str] = field(default_factory=list)  # what the models took from elsewhere
+    fit: Fit | None = None
+    explain: dict[str, Any] | None = None
 
 
 @dataclass
@@ -57,10 +122,10 @@ class Record:
     """A whole run: what was asked, where it ran, each stage, and the overall peaks."""
 
     kind: str  # "profile" (measured) or "simulate" (predicted)
-    inputs: dict[str, Any]
-    settings: dict[str, Any]
+    inputs: RunInputs
+    settings: RunSettings
     environment: dict[str, Any]
-    formula: dict[str, Any]  # the seed formula's document (sdvram.report.estimate_document)
+    formula: dict[str, Any]  # the seed formula's document (``Estimate.to_json()``)
     stages: list[StageRecord] = field(default_factory=list)
     peak_allocated: int = 0
     peak_reserved: int | None = None
@@ -69,8 +134,8 @@ class Record:
     notes: list[str] = field(default_factory=list)
     status: str = "completed"  # or "out_of_memory"
     failed_stage: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    simulation: Record | None = None  # a profile on a GPU carries the simulation of the same settings
+    simulation: Simulation | None = None  # kind "simulate": what the simulation modelled
+    compared: Record | None = None  # a profile on a GPU: the simulation of the same settings
 
     @property
     def peak_stage(self) -> str | None:
@@ -79,42 +144,56 @@ class Record:
             return None
         return max(self.stages, key=lambda s: s.peak_allocated).name
 
+    @property
+    def predicted_nvidia_smi(self) -> int | None:
+        """A simulation's predicted nvidia-smi figure: peak reserved + the CUDA context."""
+        sim = self.simulation
+        if sim is None or sim.context is None or self.peak_reserved is None:
+            return None
+        return self.peak_reserved + sim.context
+
     def stage(self, name: str) -> StageRecord | None:
         return next((s for s in self.stages if s.name == name), None)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["stages"] = [s.to_json() for s in self.stages]
-        data["simulation"] = self.simulation.to_json() if self.simulation is not None else None
+        data: dict[str, Any] = {"record_version": RECORD_VERSION}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "stages":
+                value = [s.to_json() for s in value]
+            elif f.name == "compared":
+                value = value.to_json() if value is not None else None
+            elif value is not None and hasattr(value, "__dataclass_fields__"):
+                value = asdict(value)
+            data[f.name] = value
         data["peak_stage"] = self.peak_stage
-        data["record_version"] = RECORD_VERSION
+        data["predicted_nvidia_smi"] = self.predicted_nvidia_smi
         return data
 
-
-def check_output_path(path: str | Path, what: str) -> Path:
-    """``path`` if a file can be written there, else an InputError: checked before a run, so that minutes
-    of profiling are not lost to a typo in the output path."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; give a file name for the {what}.")
-    if not path.parent.is_dir():
-        raise InputError(f"{path.parent} does not exist; create it or give another path for the {what}.")
-    if not os.access(path.parent, os.W_OK):
-        raise InputError(f"{path.parent} is not writable; give another path for the {what}.")
-    return path
-
-
-def write_json_atomic(path: str | Path, document: dict[str, Any]) -> None:
-    """Write ``document`` to ``path`` whole or not at all: a temporary file beside it, then a rename."""
-    path = check_output_path(path, "JSON record")
-    text = json.dumps(document, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """The record ``to_json`` wrote (this record version); KeyError/TypeError/ValueError otherwise."""
+        if data.get("record_version") != RECORD_VERSION:
+            raise ValueError(f"record_version {data.get('record_version')!r}, not {RECORD_VERSION}")
+        stage_fields = {f.name for f in fields(StageRecord)}
+        sim = data.get("simulation")
+        if sim is not None:
+            fit = sim.get("fit")
+            sim = Simulation(**{**sim, "fit": Fit(**fit) if fit else None})
+        return cls(
+            kind=data["kind"],
+            inputs=RunInputs(**data["inputs"]),
+            settings=RunSettings(**data["settings"]),
+            environment=dict(data["environment"]),
+            formula=dict(data["formula"]),
+            stages=[StageRecord(**{k: v for k, v in s.items() if k in stage_fields}) for s in data["stages"]],
+            peak_allocated=data["peak_allocated"],
+            peak_reserved=data["peak_reserved"],
+            device_peak=data["device_peak"],
+            process_peak=data["process_peak"],
+            notes=list(data["notes"]),
+            status=data["status"],
+            failed_stage=data["failed_stage"],
+            simulation=sim,
+            compared=cls.from_json(data["compared"]) if data.get("compared") else None,
+        )

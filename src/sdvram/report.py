@@ -1,78 +1,40 @@
-"""Rendering results for people (rich tables on stdout) and programs (JSON documents). Computes nothing."""
+"""Rendering results for people: rich tables for stdout. Computes nothing; every figure comes from the
+result objects (``Estimate``, ``Record``) in bytes and is turned into text here. JSON documents are the
+results' own ``to_json``.
+
+Tables are laid out for 80 columns: numeric cells carry no unit, the column header names it.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from sdvram.estimate import Estimate
-from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR, STAGE_LABELS
-from sdvram.record import Record, StageRecord
-from sdvram.units import Units, format_bytes, format_signed_percent
+from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
+from sdvram.record import Record
+from sdvram.stages import label, term_label
+from sdvram.units import Units, format_bytes, format_number, format_signed_percent, format_size, unit_label
 
-TOKEN_SOURCES = {"--prompt": " (counted from --prompt)", "manifest": " (the image's manifest prompt)",
-                 "default": " (default: the pipeline pads to 77)"}
+TOKEN_SOURCES = {"tokens": "given", "prompt": "counted from the prompt", "manifest": "the image's manifest prompt",
+                 "default prompt": "the default prompt"}
 OVERHEAD_LABEL = f"x{OVERHEAD_NUMERATOR / OVERHEAD_DENOMINATOR:g} overhead"
-
-
-def estimate_table(result: Estimate, units: Units) -> Group:
-    """One row per seed-formula stage, the peak marked, then the overhead and the total."""
-    seed = result.seed
-    base_note = "UNet + VAE + text encoder" + (" + safety checker" if seed.safety_checker else "")
-    source = TOKEN_SOURCES.get(result.tokens_source, "")
-    heading = Text(
-        f"Seed formula, SD v1.5 img2img: {seed.width}x{seed.height} px, {seed.tokens} tokens{source}"
-        + (f", batch {seed.batch}" if seed.batch > 1 else ""),
-        style="italic",
-    )
-    table = Table()
-    table.add_column("stage")
-    table.add_column("memory", justify="right")
-    table.add_column("note")
-    table.add_row(STAGE_LABELS["base"], format_bytes(seed.base, units), f"fp16 weights: {base_note}")
-    for name, value in seed.stage_bytes().items():
-        if name == "base":
-            continue
-        peak = name == seed.peak_stage
-        table.add_row(
-            STAGE_LABELS[name] + (" *" if peak else ""),
-            format_bytes(value, units),
-            "peak activation stage" if peak else "",
-            style="bold" if peak else None,
-        )
-    table.add_section()
-    table.add_row(
-        OVERHEAD_LABEL, format_bytes(seed.overhead, units), f"on base + {STAGE_LABELS[seed.peak_stage]}"
-    )
-    table.add_row("Total", format_bytes(seed.total, units), "", style="bold")
-    return Group(heading, table)
-
-
-def estimate_document(result: Estimate) -> dict[str, Any]:
-    """The JSON document of ``sdvram estimate --json``: inputs, then every figure in bytes."""
-    seed = result.seed
-    return {
-        "method": "seed",
-        "inputs": {
-            "height": seed.height,
-            "width": seed.width,
-            "tokens": seed.tokens,
-            "tokens_source": result.tokens_source,
-            "untruncated_tokens": result.untruncated_tokens,
-            "batch": seed.batch,
-            "safety_checker": seed.safety_checker,
-            "image": result.image,
-            "prompt": result.prompt,
-        },
-        "bytes": {**seed.stage_bytes(), "overhead": seed.overhead, "total": seed.total},
-        "peak_stage": seed.peak_stage,
-        "overhead_factor": OVERHEAD_NUMERATOR / OVERHEAD_DENOMINATOR,
-        "notes": list(result.notes),
-    }
+EXPLAIN_GROUPS = 12  # module groups listed per peak; the rest are summed in one line
+MODULE_WIDTH = 34  # characters of a module path in --explain tables, so that the numbers fit 80 columns
+NOT_MODELLED = (
+    "Memory other processes hold on the card, and the driver's own reservations (nvidia-smi's memory.used "
+    "for the whole device exceeds this process's figure by a few hundred MiB).",
+    "cuDNN engines that add a split-reduction scratch to the transform workspace on some shapes (measured on "
+    "the H200: 2.5 to 16 MiB, e.g. the 512-channel 3x3 convolutions of 192 x 192 feature maps).",
+    "The scheduler's timesteps on the GPU (a few hundred bytes; kept on the host in the simulation).",
+    "Fragmentation from other allocation orders: PyTorch's allocator places blocks by address, and the model "
+    "places new segments one above the other where cudaMalloc may not.",
+)
 
 
 def to_json(document: dict[str, Any]) -> str:
@@ -80,158 +42,228 @@ def to_json(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2)
 
 
-def record_table(record: Record, units: Units) -> Group:
-    """Per stage: the seed formula, the measured (or simulated) activation, peak allocated and reserved,
-    and the formula's error; then the whole run. A measured record that carries its simulation gets a
-    column of simulated activations beside the measured ones."""
-    simulated = record.simulation
-    measured = "simulated" if record.kind == "simulate" else "measured"
-    inputs, settings = record.inputs, record.settings
-    build = (f"{settings['architecture']}, {settings['dtype']}" if record.kind == "simulate"
-             else f"{settings['architecture']}, {settings['weights']} weights, {settings['dtype']}")
+def estimate_table(result: Estimate, units: Units) -> Group:
+    """The answer first, then one row per seed-formula stage, the overhead and the total."""
+    seed = result.seed
+    base_note = "UNet + VAE + text encoder" + (" + safety checker" if seed.safety_checker else "")
+    source = TOKEN_SOURCES.get(result.tokens_source, result.tokens_source)
+    answer = Text(f"Seed formula total: {format_bytes(seed.total, units)} "
+                  f"(peak activation stage: {term_label(seed.peak_stage)})", style="bold")
     heading = Text(
-        f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img ({build}) on "
-        f"{_device_name(record)}: {inputs['width']}x{inputs['height']} px, {inputs['prompt_tokens']} prompt "
-        f"tokens, {settings['steps']} steps x strength {settings['strength']:g}, guidance {settings['guidance']:g}, "
-        f"batch {settings['batch']}",
+        f"SD v1.5 img2img, {format_size(seed.width, seed.height)}, {seed.tokens} prompt tokens ({source})"
+        + (f", batch {seed.batch}" if seed.batch > 1 else "")
+        + "\nsafety checker " + ("counted (as from_pretrained loads it)" if seed.safety_checker
+                                 else "not counted (as the seed's formula)"),
         style="italic",
     )
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("stage")
+    table.add_column(unit_label(units), justify="right")
+    table.add_column("note")
+    table.add_row(term_label("base"), format_number(seed.base, units), f"fp16 weights: {base_note}")
+    for name, value in seed.stage_bytes().items():
+        if name == "base":
+            continue
+        peak = name == seed.peak_stage
+        table.add_row(term_label(name) + (" *" if peak else ""), format_number(value, units),
+                      "peak activation stage" if peak else "", style="bold" if peak else None)
+    table.add_section()
+    table.add_row(OVERHEAD_LABEL, format_number(seed.overhead, units), f"on base + {term_label(seed.peak_stage)}")
+    table.add_row("total", format_number(seed.total, units), "", style="bold")
+    lines: list[Any] = [answer, heading]
+    if result.prompt is not None and result.tokens_source != "tokens":
+        lines.append(Text(f"prompt: {result.prompt!r}", style="italic", overflow="ellipsis", no_wrap=True))
+    lines.append(table)
+    return Group(*lines)
+
+
+def answer_line(record: Record, units: Units) -> Text:
+    """The first line: the peak, and for a simulated card whether it fits (kept under 80 columns)."""
+    stage = label(record.peak_stage)
+    where = "simulated" if record.kind == "simulate" else "measured"
+    peak = format_bytes(record.peak_allocated, units)
+    sim = record.simulation
+    if sim is not None and sim.fit is not None:
+        usable = format_bytes(sim.fit.capacity, units)
+        if sim.fit.fits:
+            return Text(f"Fits {sim.gpu}: peak {peak} of {usable} usable ({where}, {stage})", style="bold green")
+        return Text(f"Does NOT fit {sim.gpu}: needs {peak}, {usable} usable (out of memory in the "
+                    f"{label(sim.fit.failed_stage)})", style="bold red")
+    if record.status == "out_of_memory":
+        return Text(f"Out of memory in the {label(record.failed_stage)} stage: {peak} allocated at the peak so far",
+                    style="bold red")
+    return Text(f"Peak {peak} allocated ({where}, {stage})", style="bold")
+
+
+def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
+    """The answer line, the settings, one row per stage beside the seed formula, then the notes."""
+    inputs, settings = record.inputs, record.settings
+    compared = record.compared
+    unit = unit_label(units)
+    device = record.environment.get("gpu_name") or record.environment.get("simulated_gpu") or settings.device
+    build = f"{settings.architecture}, {settings.dtype}" + (
+        f", {settings.weights} weights" if record.kind == "profile" else "")
+    heading = Text(
+        f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img ({build}) on {device}: "
+        f"{format_size(inputs.width, inputs.height)}, {settings.steps} steps x strength {settings.strength:g}, "
+        f"guidance {settings.guidance:g}, batch {settings.batch}, safety checker "
+        f"{'on' if settings.safety_checker else 'off'}",
+        style="italic",
+    )
+    prompt = Text(f"prompt ({TOKEN_SOURCES.get(inputs.prompt_source, inputs.prompt_source)}, "
+                  f"{inputs.prompt_tokens} tokens): {inputs.prompt!r}", style="italic", overflow="ellipsis",
+                  no_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, caption=f"figures in {unit}; error: (prediction - observed) / observed")
+    observed = "simulated" if record.kind == "simulate" else "measured"
     table.add_column("stage", no_wrap=True)
     table.add_column("seed formula", justify="right")
-    if simulated is not None:
-        table.add_column("simulated activation", justify="right")
-        table.add_column("simulation error", justify="right")
-    table.add_column(f"{measured} activation", justify="right")
-    table.add_column("peak allocated", justify="right")
-    reserved = record.peak_reserved is not None
-    if reserved:
-        table.add_column("peak reserved", justify="right")
+    if compared is not None:
+        table.add_column("measured peak", justify="right")
+        table.add_column("simulated peak", justify="right")
+        table.add_column("sim. error", justify="right")
+    else:
+        table.add_column(f"{observed} activation", justify="right")
+        table.add_column("peak allocated", justify="right")
+        if record.peak_reserved is not None:
+            table.add_column("peak reserved", justify="right")
     table.add_column("formula error", justify="right")
     peak_stage = record.peak_stage
     for stage in record.stages:
-        observed = stage_observed(stage)
-        label = stage.label + (" *" if stage.name == peak_stage else "") + ("" if stage.completed else " (died)")
-        cells = [label, _maybe(stage.formula, units)]
-        if simulated is not None:
-            twin = simulated.stage(stage.name)
-            cells.append(_maybe(stage_observed(twin) if twin else None, units))
-            cells.append(format_signed_percent(observed, stage_observed(twin)) if twin else "")
-        cells += [
-            format_bytes(observed, units),
-            format_bytes(stage.peak_allocated, units),
-            *([_maybe(stage.peak_reserved, units)] if reserved else []),
-            format_signed_percent(observed, stage.formula) if stage.formula is not None else "",
-        ]
+        name = stage.label + (" *" if stage.name == peak_stage else "") + ("" if stage.completed else " (died)")
+        cells = [name, _maybe(stage.formula, units)]
+        if compared is not None:
+            twin = compared.stage(stage.name)
+            cells += [format_number(stage.peak_allocated, units), _maybe(twin.peak_allocated if twin else None, units),
+                      format_signed_percent(stage.peak_allocated, twin.peak_allocated) if twin else ""]
+        else:
+            cells += [format_number(stage.observed, units), format_number(stage.peak_allocated, units)]
+            if record.peak_reserved is not None:
+                cells.append(_maybe(stage.peak_reserved, units))
+        cells.append(format_signed_percent(stage.observed, stage.formula) if stage.formula is not None else "")
         table.add_row(*cells, style="bold" if stage.name == peak_stage else None)
     table.add_section()
-    formula_total = record.formula["bytes"]["total"]
-    total_cells = ["whole run (peak)", format_bytes(formula_total, units)]
-    if simulated is not None:
-        total_cells += [format_bytes(simulated.peak_allocated, units) + " peak",
-                        format_signed_percent(record.peak_allocated, simulated.peak_allocated)]
-    total_cells += [
-        "",
-        format_bytes(record.peak_allocated, units),
-        *([_maybe(record.peak_reserved, units)] if reserved else []),
-        format_signed_percent(record.peak_allocated, formula_total),
-    ]
-    table.add_row(*total_cells, style="bold")
-    table.caption = "error: (prediction - observed) / observed; for load, the resident weights"
-    lines: list[Any] = [heading, table]
-    formula_peak = STAGE_LABELS[record.formula["peak_stage"]]
-    lines.append(Text(
-        f"Peak stage: formula {formula_peak}; {measured} {_stage_label(record, peak_stage)}. "
-        f"The formula's total includes its x1.2 overhead; 'whole run' compares it with the peak allocated."
-    ))
+    total = record.formula["bytes"]["total"]
+    cells = ["whole run", format_number(total, units)]
+    if compared is not None:
+        cells += [format_number(record.peak_allocated, units), format_number(compared.peak_allocated, units),
+                  format_signed_percent(record.peak_allocated, compared.peak_allocated)]
+    else:
+        cells += ["", format_number(record.peak_allocated, units)]
+        if record.peak_reserved is not None:
+            cells.append(_maybe(record.peak_reserved, units))
+    cells.append(format_signed_percent(record.peak_allocated, total))
+    table.add_row(*cells, style="bold")
+    lines: list[Any] = [answer_line(record, units), heading, prompt, table]
+    lines.append(Text(f"The formula's peak stage is {term_label(record.formula['peak_stage'])}; the {observed} "
+                      f"peak is in the {label(peak_stage)} stage. For the weights row the figure compared is the "
+                      "weights resident after loading; elsewhere the activation (peak less the stage's start)."))
     unet = record.stage("unet")
     if unet is not None and unet.unet_calls:
-        replayed = record.extra.get("unet_calls_replayed", 0)
+        replayed = record.simulation.unet_calls_replayed if record.simulation else 0
         lines.append(Text(
             f"The UNet ran {unet.unet_calls} times; its peak fell in call {unet.peak_call}."
-            + (f" ({replayed} calls with the same shapes as an earlier one were replayed from it.)" if replayed else "")
-        ))
-    if record.device_peak is not None:
-        lines.append(Text(
-            f"NVML peak (nvidia-smi's memory.used, CUDA context and other processes included): "
-            f"{format_bytes(record.device_peak, units)}"
-            + (f"; this process: {format_bytes(record.process_peak, units)}" if record.process_peak else "")
-        ))
+            + (f" ({replayed} calls with the same shapes as an earlier one were replayed from its log.)"
+               if replayed else "")))
+    lines += _device_lines(record, units)
+    if record.simulation is not None:
+        lines += _simulation_lines(record, units, verbose)
     lines += [Text(f"- {note}") for note in record.notes]
     return Group(*lines)
 
 
-def stage_observed(stage: StageRecord) -> int:
-    """The figure compared with the formula: the resident weights after loading, else the activation."""
-    return stage.allocated_end if stage.name == "load" else stage.activation
-
-
-def _device_name(record: Record) -> str:
-    env = record.environment
-    return str(env.get("gpu_name") or env.get("simulated_gpu") or env.get("device", "?"))
-
-
-def _stage_label(record: Record, name: str | None) -> str:
-    stage = record.stage(name) if name else None
-    return stage.label if stage else str(name)
-
-
-def _maybe(value: int | None, units: Units) -> str:
-    return "" if value is None else format_bytes(value, units)
-
-
-def simulation_notes(record: Record, units: Units) -> Group:
-    """Does it fit, which attention kernels ran, and what the simulation does not model."""
-    lines: list[Text] = []
-    fit = record.extra.get("fit")
-    if fit:
-        style = {"fits": "green", "tight": "yellow", "does not fit": "bold red"}[fit["verdict"]]
+def _device_lines(record: Record, units: Units) -> list[Text]:
+    lines = []
+    if record.peak_reserved is not None and record.kind == "profile":
+        lines.append(Text(f"Peak reserved (torch.cuda.max_memory_reserved): "
+                          f"{format_bytes(record.peak_reserved, units)}."))
+    if record.device_peak is not None:
         lines.append(Text(
-            f"{record.environment['simulated_gpu']}: predicted peak {format_bytes(fit['peak'], units)} of "
-            f"{format_bytes(fit['capacity'], units)} ({fit['share']:.0%}): {fit['verdict']} "
-            f"(keeping {format_bytes(fit['allowance'], units)} for the CUDA context and workspaces).",
-            style=style,
-        ))
-    kernels: dict[str, list[str]] = {}
-    for call in record.extra.get("attention_calls", []):
-        kernels.setdefault(call["backend"], []).append(str(call["head_dim"]))
+            f"NVML peak (nvidia-smi's memory.used for the device, CUDA context and other processes included): "
+            f"{format_bytes(record.device_peak, units)}"
+            + (f"; this process: {format_bytes(record.process_peak, units)}." if record.process_peak else ".")))
+    return lines
+
+
+def _simulation_lines(record: Record, units: Units, verbose: bool) -> list[Text]:
+    sim = record.simulation
+    assert sim is not None
+    lines = [Text(f"Card: {sim.gpu_name}.")] if sim.fit is not None else []
+    if record.peak_reserved is not None:
+        lines.append(Text(
+            f"Predicted: peak reserved {format_bytes(record.peak_reserved, units)} "
+            f"(torch.cuda.max_memory_reserved); nvidia-smi for this process "
+            f"{format_bytes(record.predicted_nvidia_smi or 0, units)} (reserved + the CUDA context of "
+            f"{format_bytes(sim.context or 0, units)})."))
+    if sim.fit is not None and not sim.fit.fits:
+        fit = sim.fit
+        lines.append(Text(f"On the {sim.gpu_name} ({format_bytes(fit.capacity, units)} usable of "
+                          f"{format_bytes(fit.card_memory, units)}) the first request that would not fit is "
+                          f"{fit.failed_what} ({format_bytes(fit.failed_request or 0, units)}) in the "
+                          f"{label(fit.failed_stage)} stage.", style="red"))
+    if sim.workspaces:
+        names = {"cudnn": "largest cuDNN convolution workspace", "cublas": "cuBLAS workspace",
+                 "cublaslt": "cuBLASLt workspace"}
+        lines.append(Text("Library workspaces: " + "; ".join(
+            f"{names.get(k, k)} {format_bytes(v, units)}" for k, v in sim.workspaces.items()) + "."))
+    kernels: dict[str, set[int]] = {}
+    for call in sim.attention_calls:
+        kernels.setdefault(call["backend"], set()).add(call["head_dim"])
     if kernels:
         lines.append(Text("Attention kernels: " + "; ".join(
-            f"{backend} (head dims {', '.join(sorted(set(dims), key=int))})" for backend, dims in kernels.items())))
-    lines.append(Text("Not modelled:"))
-    lines += [Text(f"- {item}") for item in record.extra.get("not_modelled", [])]
-    return Group(*lines)
+            f"{backend} (head dims {', '.join(map(str, sorted(dims)))})" for backend, dims in kernels.items()) + "."))
+    lines += [Text(f"Assumed: {note}") for note in sim.assumptions]
+    if verbose:
+        lines.append(Text("Not modelled (docs/simulate.md):"))
+        lines += [Text(f"- {item}") for item in NOT_MODELLED]
+    return lines
 
 
-EXPLAIN_GROUPS = 12  # module groups listed per peak; the rest are summed in one line
+def short_module(name: str, width: int = MODULE_WIDTH) -> str:
+    """A module path cut in the middle to ``width`` characters, keeping its component and its tail
+    ("vae.decoder.up_blocks.2.upsamplers.0.conv" -> "vae…up_blocks.2.upsamplers.0.conv")."""
+    if len(name) <= width:
+        return name
+    head, _, rest = name.partition(".")
+    parts = rest.split(".")
+    tail: list[str] = []
+    while parts and len(head) + 1 + len(".".join([parts[-1], *tail])) <= width:
+        tail.insert(0, parts.pop())
+    text = f"{head}…{'.'.join(tail)}" if tail else name[: width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def explain_tables(record: Record, units: Units, groups: int = EXPLAIN_GROUPS) -> Group:
-    """For the overall peak and each stage's peak: the live tensors grouped by the module that created
+    """For the overall peak and each stage's peak: the live allocations grouped by the module that made
     them, largest first, summing to the peak."""
-    explained = record.extra.get("explain", {})
+    explained = (record.simulation.explain if record.simulation else None) or {}
+    unit = unit_label(units)
     parts: list[Any] = []
-    order = ["overall", *[s.name for s in record.stages]]
-    for name in order:
+    for name in ["overall", *[s.name for s in record.stages]]:
         if name not in explained:
             continue
         data = explained[name]
-        title = "the overall peak" if name == "overall" else f"the {_stage_label(record, name)} peak"
-        table = Table(title=f"Live at {title}: {format_bytes(data['total'], units)}", title_justify="left")
-        table.add_column("created by", no_wrap=True)
-        table.add_column("tensors", justify="right")
-        table.add_column("size", justify="right")
-        table.add_column("largest")
-        shown = data["groups"][:groups]
-        for group in shown:
-            largest = ", ".join(f"{'x'.join(map(str, t['shape']))} {t['dtype']}" for t in group["tensors"][:2])
-            table.add_row(group["module"], str(group["count"]), format_bytes(group["bytes"], units), largest)
+        title = "the overall peak" if name == "overall" else f"the {label(name)} peak"
+        table = Table(title=f"Live at {title}: {format_bytes(data['total'], units)}", title_justify="left",
+                      box=box.SIMPLE_HEAD)
+        table.add_column("made by", no_wrap=True, max_width=MODULE_WIDTH)
+        table.add_column("n", justify="right")
+        table.add_column(unit, justify="right")
+        table.add_column("largest", overflow="ellipsis", no_wrap=True)
+        for group in data["groups"][:groups]:
+            largest = ", ".join(f"{'x'.join(map(str, t['shape']))} {t['dtype']}" for t in group["tensors"][:2]
+                                if t["shape"])
+            table.add_row(short_module(group["module"]), str(group["count"]), format_number(group["bytes"], units),
+                          largest)
         rest = data["groups"][groups:]
         if rest:
             table.add_row(f"{len(rest)} other modules", str(sum(g["count"] for g in rest)),
-                          format_bytes(sum(g["bytes"] for g in rest), units), "")
+                          format_number(sum(g["bytes"] for g in rest), units), "")
         table.add_section()
-        table.add_row("total", str(sum(g["count"] for g in data["groups"])), format_bytes(data["total"], units), "",
+        table.add_row("total", str(sum(g["count"] for g in data["groups"])), format_number(data["total"], units), "",
                       style="bold")
         parts.append(table)
     return Group(*parts)
+
+
+def _maybe(value: int | None, units: Units) -> str:
+    return "" if value is None else format_number(value, units)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -33,22 +34,34 @@ class TokenCount:
     """How many tokens the text encoder sees for a prompt, start and end tokens included."""
 
     tokens: int  # after the pipeline's truncation to 77
-    untruncated: int  # what the prompt would need without truncation
+    untruncated: int | None  # what the prompt would need without truncation; None: over 77, not counted on
 
     @property
     def truncated(self) -> bool:
-        return self.untruncated > self.tokens
+        return self.untruncated is None or self.untruncated > self.tokens
+
+    def describe(self) -> str:
+        """"52 tokens", or "over 77 tokens" where counting stopped."""
+        return f"over {CLIP_MAX_TOKENS} tokens" if self.untruncated is None else f"{self.untruncated} tokens"
 
 
 def count_tokens(prompt: str) -> TokenCount:
-    """Tokens of ``prompt`` as the pipeline's tokenizer produces them: BOS + BPE tokens + EOS, cut at 77."""
-    untruncated = len(encode(prompt)) + 2
+    """Tokens of ``prompt`` as the pipeline's tokenizer produces them: BOS + BPE tokens + EOS, cut at 77.
+
+    Counting stops once the prompt is known to need more than 77 (``untruncated`` is then None): past the
+    cut nothing changes what the pipeline runs, and BPE on one huge word costs time quadratic in its length."""
+    ids = encode(prompt, limit=CLIP_MAX_TOKENS - 2)
+    if ids is None:
+        return TokenCount(tokens=CLIP_MAX_TOKENS, untruncated=None)
+    untruncated = len(ids) + 2
     return TokenCount(tokens=min(untruncated, CLIP_MAX_TOKENS), untruncated=untruncated)
 
 
-def encode(text: str) -> list[int]:
-    """BPE token ids of ``text``, without the start and end tokens."""
+def encode(text: str, limit: int | None = None) -> list[int] | None:
+    """BPE token ids of ``text``, without the start and end tokens; None as soon as they are known to number
+    more than ``limit`` (a word of n bytes takes at least n / (the longest token's bytes) tokens)."""
     vocab, ranks = _tables()
+    longest = _longest_token()
     ids: list[int] = []
     for segment, special in _split_special(text):
         if special:
@@ -56,9 +69,15 @@ def encode(text: str) -> list[int]:
             continue
         normal = unicodedata.normalize("NFC", segment)
         normal = re.sub(r"\s+", " ", normal).lower()
-        for piece in _pieces(normal):
-            word = "".join(_byte_encoder()[b] for b in piece.encode("utf-8"))
+        cap = None if limit is None else (limit + 1) * longest  # a longer piece alone exceeds the limit
+        for piece in _pieces(normal, cap):
+            data = piece.encode("utf-8")
+            if limit is not None and len(ids) + -(-len(data) // longest) > limit:
+                return None
+            word = "".join(_byte_encoder()[b] for b in data)
             ids.extend(vocab[symbol] for symbol in _bpe(word, ranks))
+            if limit is not None and len(ids) > limit:
+                return None
     return ids
 
 
@@ -120,9 +139,16 @@ def _kind(char: str) -> str:
     return {"L": "letter", "N": "number"}.get(category, "other")
 
 
-def _pieces(text: str) -> list[str]:
-    """The pre-tokenizer split: contractions, letter runs, single digits, runs of other symbols."""
-    pieces: list[str] = []
+@cache
+def _longest_token() -> int:
+    """Bytes in the longest vocabulary symbol (its ``</w>`` mark aside): no token covers more."""
+    vocab, _ = _tables()
+    return max(len(symbol.removesuffix(END_OF_WORD)) for symbol in vocab if symbol not in SPECIAL_TOKENS)
+
+
+def _pieces(text: str, cap: int | None = None) -> Iterator[str]:
+    """The pre-tokenizer split: contractions, letter runs, single digits, runs of other symbols. A run longer
+    than ``cap`` characters is cut at ``cap + 1`` (enough to show it is too long to count)."""
     i, n = 0, len(text)
     while i < n:
         kind = _kind(text[i])
@@ -131,16 +157,18 @@ def _pieces(text: str) -> list[str]:
             continue
         contraction = next((c for c in CONTRACTIONS if text.startswith(c, i)), None)
         if contraction:
-            pieces.append(contraction)
+            yield contraction
             i += len(contraction)
             continue
         j = i + 1
         if kind != "number":  # a number matches one character at a time
             while j < n and _kind(text[j]) == kind:
                 j += 1
-        pieces.append(text[i:j])
+                if cap is not None and j - i > cap:
+                    yield text[i:j]
+                    return
+        yield text[i:j]
         i = j
-    return pieces
 
 
 def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:

@@ -1,0 +1,275 @@
+"""The run engine that ``profile`` and ``simulate`` share: the stages of a pipeline call cut on a meter,
+the instrumentation of the pipeline's own steps, and the record built from what the meter saw.
+
+The stages are cut by wrapping the pipeline's steps: ``encode_prompt`` (text encoder), ``prepare_latents``
+(VAE encoder, with the noise added to its latent), the UNet's forward calls (the denoising loop, from the
+first call until the decoder starts), ``vae.decode`` (VAE decoder) and ``run_safety_checker``. At every
+boundary the meter's peak window is closed and a new one opened, so each stage's peak is its own and the
+overall peak covers the gaps between stages too.
+
+Imports torch (through the meters' types only at call time): reached by profile and simulate alone.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sdvram.estimate import Estimate, estimate
+from sdvram.record import Record, RunInputs, RunSettings, StageRecord
+from sdvram.requests import RunRequest, Settings, check_request
+from sdvram.stages import BY_NAME, label
+
+Progress = Callable[[int, int], None]  # (UNet calls done, UNet calls expected)
+VERSIONED = ("sdvram", "torch", "diffusers", "transformers", "accelerate", "nvidia-ml-py")
+
+
+class StageRecorder:
+    """Cuts a run into stages on one meter. ``begin`` closes the stage before; ``checkpoint`` closes the
+    meter's peak window and folds it into the current stage and the overall peak."""
+
+    def __init__(self, meter: Any) -> None:
+        self.meter = meter
+        self.stages: list[StageRecord] = []
+        self.current: StageRecord | None = None
+        self.peak_allocated = 0
+        self.peak_reserved: int | None = None
+        self.peak_requested = 0
+        self._started = 0.0
+        self.unet_call_peaks: list[int] = []
+        self.snapshots: dict[str, Any] = {}  # stage name (or "overall") -> what was live at its peak
+
+    def begin(self, name: str) -> None:
+        self.end()
+        self.checkpoint()
+        self.current = StageRecord(name=name, allocated_start=self.meter.allocated())
+        self.current.peak_allocated = self.current.allocated_start
+        self._started = time.perf_counter()
+
+    def checkpoint(self) -> int:
+        peak = self.meter.take_peak()
+        if peak.snapshot is not None and (peak.allocated > self.peak_allocated or "overall" not in self.snapshots):
+            self.snapshots["overall"] = peak.snapshot
+        self.peak_allocated = max(self.peak_allocated, peak.allocated)
+        if peak.reserved is not None:
+            self.peak_reserved = max(self.peak_reserved or 0, peak.reserved)
+        if peak.requested is not None:
+            self.peak_requested = max(self.peak_requested, peak.requested)
+        if self.current is not None:
+            name = self.current.name
+            if peak.snapshot is not None and (peak.allocated > self.current.peak_allocated
+                                              or name not in self.snapshots):
+                self.snapshots[name] = peak.snapshot
+            self.current.peak_allocated = max(self.current.peak_allocated, peak.allocated)
+            if peak.reserved is not None:
+                self.current.peak_reserved = max(self.current.peak_reserved or 0, peak.reserved)
+        return int(peak.allocated)
+
+    def end(self, completed: bool = True) -> None:
+        if self.current is None:
+            return
+        self.checkpoint()
+        stage, self.current = self.current, None
+        stage.allocated_end = self.meter.allocated()
+        stage.wall_s = time.perf_counter() - self._started
+        stage.completed = completed
+        if stage.name == "unet":
+            stage.unet_calls = len(self.unet_call_peaks)
+            if self.unet_call_peaks:
+                stage.peak_call = 1 + self.unet_call_peaks.index(max(self.unet_call_peaks))
+        self.stages.append(stage)
+
+    @property
+    def stage_name(self) -> str:
+        """The stage running now ("between stages" outside one)."""
+        return self.current.name if self.current is not None else "between stages"
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.begin(name)
+        yield
+        self.end()
+
+
+def resolve(request: RunRequest, safety_checker: bool | None = None) -> Estimate:
+    """Check the request and evaluate the seed formula for it, which also resolves the image's size (from
+    its header) and the prompt (given, the image's manifest prompt, or the default prompt)."""
+    check_request(request)
+    settings = request.settings
+    return estimate(
+        request.height, request.width, image=request.image, prompt=request.prompt, batch=settings.batch,
+        safety_checker=settings.safety_checker if safety_checker is None else safety_checker,
+        min_side=request.min_side,
+    )
+
+
+def expected_unet_calls(scheduler: Any, settings: Settings) -> int:
+    """How many times the img2img loop calls the UNet: the scheduler's timesteps after the strength cut,
+    as ``StableDiffusionImg2ImgPipeline.get_timesteps`` takes them (41 for PNDM, 50 steps, strength 0.8)."""
+    schedule = type(scheduler).from_config(scheduler.config)  # a fresh one: the pipeline's keeps its state
+    schedule.set_timesteps(settings.steps)
+    t_start = max(settings.steps - settings.denoising_steps, 0)
+    return len(schedule.timesteps[t_start * schedule.order :])
+
+
+def run_instrumented(pipe: Any, image: Any, prompt: str, settings: Settings, recorder: StageRecorder,
+                     progress: Progress | None = None, output_type: str = "pil") -> Any:
+    """One pipeline call with its steps wrapped so that ``recorder`` sees every stage boundary."""
+    from sdvram.pipeline import run_pipeline
+
+    expected = expected_unet_calls(pipe.scheduler, settings)
+    recorder.unet_call_peaks = []
+
+    def unet_forward(original: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if recorder.current is None or recorder.current.name != "unet":
+                recorder.begin("unet")
+            recorder.checkpoint()
+            out = original(*args, **kwargs)
+            recorder.unet_call_peaks.append(recorder.checkpoint())
+            if progress is not None:
+                progress(len(recorder.unet_call_peaks), expected)
+            return out
+        return forward
+
+    def staged(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                recorder.begin(name)
+                out = original(*args, **kwargs)
+                recorder.end()
+                return out
+            return call
+        return wrap
+
+    wrappers = [(pipe, "encode_prompt", staged("text_encoder")), (pipe, "prepare_latents", staged("vae_encode")),
+                (pipe.unet, "forward", unet_forward), (pipe.vae, "decode", staged("vae_decode"))]
+    if pipe.safety_checker is not None:
+        wrappers.append((pipe, "run_safety_checker", staged("safety_checker")))
+    with patched(wrappers):
+        output = run_pipeline(pipe, image, prompt, settings, output_type=output_type)
+    recorder.end()
+    recorder.checkpoint()
+    return output
+
+
+def new_record(kind: str, request: RunRequest, formula: Estimate, *, device: str, dtype: str,
+               weights: str, model: str | None, attention: str) -> Record:
+    """A record with the inputs, settings and software versions filled in; stages come later."""
+    seed, settings = formula.seed, request.settings
+    return Record(
+        kind=kind,
+        inputs=RunInputs(
+            image=formula.image, width=seed.width, height=seed.height,
+            pipeline_width=seed.width - seed.width % 8, pipeline_height=seed.height - seed.height % 8,
+            prompt=formula.prompt or "", prompt_tokens=seed.tokens, prompt_source=formula.tokens_source,
+        ),
+        settings=RunSettings(
+            steps=settings.steps, strength=settings.strength, guidance=settings.guidance, batch=settings.batch,
+            seed=settings.seed, safety_checker=settings.safety_checker, dtype=dtype,
+            architecture=request.architecture.value, device=device, weights=weights, model=model,
+            attention=attention,
+        ),
+        environment={"python": platform.python_version(), **versions()},
+        formula=formula.to_json(),
+    )
+
+
+def finish_record(record: Record, recorder: StageRecorder, formula: Estimate) -> None:
+    """Stages, overall peaks, the formula's figure beside each stage, and the known reasons they differ."""
+    terms = formula.seed.stage_bytes()
+    for stage in recorder.stages:
+        term = BY_NAME[stage.name].formula if stage.name in BY_NAME else None
+        stage.formula = terms[term] if term else None
+    record.stages = recorder.stages
+    record.peak_allocated = recorder.peak_allocated
+    record.peak_reserved = recorder.peak_reserved
+    record.notes = known_differences(record)
+
+
+def known_differences(record: Record) -> list[str]:
+    """Why the formula and the run differ, where the reason is known from the pipeline's code."""
+    settings, inputs = record.settings, record.inputs
+    notes = [
+        f"The pipeline pads every prompt to 77 tokens, so the formula's {inputs.prompt_tokens} tokens change "
+        "nothing in the real run's shapes."
+    ]
+    if settings.safety_checker:
+        notes.append(
+            "The safety checker runs (as from_pretrained loads it), so the formula's base here includes its "
+            "weights; the seed's formula leaves them out."
+        )
+    if settings.guidance > 1:
+        notes.append(
+            f"Guidance {settings.guidance:g} > 1 runs the UNet on a batch of {2 * settings.batch} "
+            f"(unconditional + conditional); the formula counts a batch of {settings.batch}."
+        )
+    notes.append(
+        "The VAE works at 128 to 512 channels at full image resolution; the formula counts the RGB image "
+        "4 times at 2 bytes, so its VAE terms are far below the real activations."
+    )
+    if settings.dtype == "float32":
+        notes.append("This run used float32 (4 bytes a value); the formula counts 2 bytes.")
+    if settings.architecture != "sd15":
+        notes.append(
+            f"The '{settings.architecture}' architecture is not SD v1.5: its figures test the instrumentation "
+            "and are not comparable with the formula."
+        )
+    if record.status == "out_of_memory":
+        notes.append(f"The run ran out of memory in the {label(record.failed_stage)} stage; later stages are "
+                     "missing.")
+    return notes
+
+
+def versions() -> dict[str, str | None]:
+    """The installed versions of sdvram and the libraries whose behaviour the figures depend on."""
+    found: dict[str, str | None] = {}
+    for package in VERSIONED:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    import torch
+
+    found["torch"] = torch.__version__
+    return found
+
+
+def track_weights(meter: Any, pipe: Any, order: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Count every model's parameters and buffers as resident on ``meter``, component by component in
+    ``order`` (the order they were built, which the allocator places them in), tensors in the order the
+    module holds them; return their exact, unrounded bytes and tensor count per component."""
+    import torch
+
+    weights: dict[str, dict[str, int]] = {}
+    for component in order:
+        module = getattr(pipe, component, None)
+        if isinstance(module, torch.nn.Module):
+            tensors = [*module.parameters(), *module.buffers()]
+            for tensor in tensors:
+                meter.track(tensor, owner=f"{component} weights", resident=True)
+            weights[component] = {"bytes": sum(t.numel() * t.element_size() for t in tensors),
+                                  "tensors": len(tensors)}
+    return weights
+
+
+@contextmanager
+def patched(wrappers: Sequence[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]]) -> Iterator[None]:
+    """Replace ``obj.attr`` by ``wrap(obj.attr)`` for each entry (an instance attribute), and put back
+    exactly what the instance had afterwards (nothing, when the attribute came from its class)."""
+    missing = object()
+    saved = [(obj, attr, vars(obj).get(attr, missing)) for obj, attr, _ in wrappers]
+    for obj, attr, wrap in wrappers:
+        setattr(obj, attr, wrap(getattr(obj, attr)))
+    try:
+        yield
+    finally:
+        for obj, attr, previous in reversed(saved):
+            if previous is missing:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, previous)

@@ -1,0 +1,105 @@
+"""What a run is asked to do, as typed values: the CLI builds these at its edge, the library checks them
+(``check``) and raises errors that name parameters. Pure Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdvram.architecture import DEFAULT_MODEL, MIN_SIDE
+from sdvram.choices import Architecture, DType, Weights
+from sdvram.errors import InputError
+from sdvram.inputs import parse_batch, parse_guidance, parse_seed, parse_side, parse_steps, parse_strength
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the pipeline is called. The defaults are the seed's reference run: guidance 5.0, 50 inference
+    steps at strength 0.8 (40 denoising steps), one image; the safety checker is left out, as the seed's
+    formula leaves it out (``safety_checker=True`` runs it, as ``from_pretrained`` would)."""
+
+    steps: int = 50
+    strength: float = 0.8
+    guidance: float = 5.0
+    batch: int = 1
+    seed: int = 0
+    safety_checker: bool = False
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps the img2img loop runs: ``int(steps x strength)`` (diffusers' ``get_timesteps``)."""
+        return min(int(self.steps * self.strength), self.steps)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One pipeline run: the image (a file, or a size for a generated one), the prompt, the build."""
+
+    image: Path | None = None
+    height: int | None = None
+    width: int | None = None
+    prompt: str | None = None  # None: the image's manifest prompt, else the default prompt
+    dtype: DType | None = None  # None: float16 on a GPU, float32 on the CPU
+    architecture: Architecture = Architecture.sd15
+    settings: Settings = field(default_factory=Settings)
+
+    @property
+    def min_side(self) -> int:
+        return MIN_SIDE[self.architecture.value]
+
+    def resolved_dtype(self, on_gpu: bool) -> DType:
+        return self.dtype or (DType.float16 if on_gpu else DType.float32)
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """Where and with which weights ``profile`` runs."""
+
+    device: str = "cuda"  # "cuda", "cuda:N" or "cpu"
+    weights: Weights = Weights.pretrained
+    model: str | None = None  # a hub id or folder for pretrained weights (None: SD v1.5's hub id)
+    save_image: Path | None = None
+
+    @property
+    def resolved_model(self) -> str | None:
+        return (self.model or DEFAULT_MODEL) if self.weights is Weights.pretrained else None
+
+
+def check_request(request: RunRequest) -> None:
+    """Raise InputError (naming the parameter) on any value the run cannot take; files are checked when
+    read. Everything here is checked before anything is built."""
+    if request.image is not None and (request.height is not None or request.width is not None):
+        raise InputError("Give either an {image} or both {height} and {width}, not both.",
+                         params=("image", "height", "width"))
+    if request.image is None:
+        if request.height is None or request.width is None:
+            raise InputError("Give an {image}, or both {height} and {width} (pixels) for a generated one.",
+                             params=("image", "height", "width"))
+        parse_side(request.height, "height", request.min_side)
+        parse_side(request.width, "width", request.min_side)
+    check_settings(request.settings)
+
+
+def check_settings(settings: Settings) -> None:
+    parse_steps(settings.steps)
+    parse_strength(settings.strength)
+    parse_guidance(settings.guidance)
+    parse_batch(settings.batch)
+    parse_seed(settings.seed)
+    if settings.denoising_steps < 1:
+        raise InputError("{steps} {n} at {strength} {s:g} leaves no denoising step (the pipeline runs "
+                         "int(steps x strength) of them); raise either.", params=("steps", "strength"),
+                         n=settings.steps, s=settings.strength)
+
+
+def check_profile_options(options: ProfileOptions, architecture: Architecture) -> None:
+    if options.weights is Weights.random and options.model is not None:
+        raise InputError("{model} names weights to load, but {weights} is random; drop one of them.",
+                         params=("model", "weights"))
+    if architecture is not Architecture.sd15 and options.weights is Weights.pretrained:
+        raise InputError(f"{{architecture}} {architecture.value} has no pretrained weights; set {{weights}} to "
+                         "random.", params=("architecture", "weights"))
+    device = options.device
+    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise InputError("{device} must be cuda, cuda:N or cpu; got '{got}'.", params=("device",), got=device)

@@ -1,0 +1,117 @@
+"""The grammar the three commands share, and how failures read: one `error:` line and a documented exit
+code for usage errors too, Ctrl-C included; help that reads at 80 columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from sdvram.cli import app, json_flag_default
+
+from .conftest import IMAGES
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["estimate", "--units", "foo", "--h", "8", "--w", "8"], "Invalid value for '--units': 'foo' is not one of"),
+    (["estimate", "--nope"], "No such option: --nope"),
+    (["simulate", "--dtype", "float8"], "Invalid value for '--dtype'"),
+    (["simulate", "--attention", "sometimes"], "Invalid value for '--attention'"),
+    (["launch"], "No such command 'launch'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1 and "╭" not in result.stderr and "Usage:" not in result.stderr
+
+
+def test_json_flag_without_a_path_means_stdout() -> None:
+    assert json_flag_default(["estimate", "--json"]) == ["estimate", "--json", "-"]
+    assert json_flag_default(["x.jpg", "--json", "--units", "gb"]) == ["x.jpg", "--json", "-", "--units", "gb"]
+    assert json_flag_default(["--json", "out.json"]) == ["--json", "out.json"]
+    assert json_flag_default(["--json", "-"]) == ["--json", "-"]
+
+
+@pytest.mark.parametrize("command", ["estimate", "profile", "simulate"])
+def test_help_reads_at_80_columns(command: str) -> None:
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "sdvram", command, "--help"], capture_output=True, text=True,
+                          env=env, check=True)
+    text = proc.stdout
+    assert "Usage: " in text and "--json [PATH]" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert "<bool>" not in text and "<str>" not in text and "<path>" not in text  # metavars name what is wanted
+    assert "--safety-checker / --no-safety-checker" in text
+
+
+def test_version_reads_package_metadata() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"sdvram {version('sdvram')}"
+
+
+def test_ctrl_c_is_one_sentence_and_exit_130() -> None:
+    pytest.importorskip("diffusers")
+    proc = subprocess.Popen([sys.executable, "-m", "sdvram", "profile", "--h", "64", "--w", "64", "--device", "cpu",
+                             "--weights", "random", "--architecture", "tiny", "--steps", "1000", "--strength", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # inside the imports or the 1,000 UNet calls, whichever it has reached
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "error: interrupted; nothing was written"
+    assert "Traceback" not in err
+
+
+def test_simulate_gives_the_answer_first_and_the_default_prompt() -> None:
+    pytest.importorskip("diffusers")
+    result = runner.invoke(app, ["simulate", "--h", "64", "--w", "64", "--architecture", "tiny", "--gpu", "t4",
+                                 "--steps", "2", "--strength", "1"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Fits t4: peak ") and lines[0].endswith("usable (simulated, VAE decoder)")
+    assert "Card: NVIDIA Tesla T4 16 GB." in result.stdout
+    assert "prompt (the default prompt, 8 tokens): 'a detailed photograph of a landscape'" in result.stdout
+    assert "Not modelled" not in result.stdout  # behind --verbose
+    verbose = runner.invoke(app, ["simulate", "--h", "64", "--w", "64", "--architecture", "tiny", "--gpu", "t4",
+                                  "--steps", "2", "--strength", "1", "--verbose"])
+    assert "Not modelled (docs/simulate.md):" in verbose.stdout
+
+
+def test_simulate_json_to_stdout_is_the_whole_record() -> None:
+    pytest.importorskip("diffusers")
+    result = runner.invoke(app, ["simulate", str(IMAGES / "balloon--low-res.jpeg"), "--architecture", "tiny",
+                                 "--gpu", "t4", "--steps", "2", "--strength", "1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["kind"] == "simulate" and record["record_version"] == 2
+    assert record["simulation"]["gpu"] == "t4" and record["simulation"]["fit"]["verdict"] == "fits"
+    assert record["inputs"]["prompt_source"] == "manifest"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--gpu", "voodoo5"], "Unknown --gpu 'voodoo5'; known: rtx2060,"),
+    (["--vram", "8XB"], "--vram must be a size such as 8GB, 12GiB or 8192MiB; got '8XB'."),
+    (["--vram", "0"], "--vram must be at least 1 MiB; got '0'."),
+    (["--vram", "8GB", "--arch", "sm1"], "--arch must be a CUDA compute capability"),
+    (["--arch", "sm86"], "--arch goes with --vram"),
+    (["--gpu", "t4", "--vram", "8GB"], "Give either --gpu or --vram, not both."),
+    (["--attention", "flash", "--gpu", "t4", "--architecture", "tiny", "--steps", "2", "--strength", "1"],
+     "--attention flash: PyTorch's flash kernel cannot run this pipeline's attention"),
+])
+def test_simulate_bad_card_and_kernel_choices(args: list[str], message: str) -> None:
+    pytest.importorskip("diffusers")
+    result = runner.invoke(app, ["simulate", "--h", "64", "--w", "64", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1

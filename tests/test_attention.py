@@ -6,6 +6,7 @@ import pytest
 
 from sdvram.attention import (
     CPU_FLASH,
+    CUDNN,
     EFFICIENT,
     FLASH,
     MATH,
@@ -17,21 +18,25 @@ from sdvram.attention import (
 from sdvram.gpus import CPU, GPUS
 
 
-def call(dtype: str, dim: int, v_dim: int | None = None, mask: bool = False) -> AttentionCall:
-    return AttentionCall(dtype, dim, dim, v_dim if v_dim is not None else dim, mask)
+def call(dtype: str, dim: int, v_dim: int | None = None, mask: bool = False, keys: int = 77) -> AttentionCall:
+    return AttentionCall(dtype, dim, dim, v_dim if v_dim is not None else dim, mask, keys)
 
 
 @pytest.mark.parametrize(
     ("gpu", "attention", "expected"),
     [
-        # SD v1.5 on an H100 (sm90): the UNet's head dims 40/80/160 run flash; the VAE's one 512-wide head is
-        # above flash's 256 limit and runs memory-efficient.
-        ("h100", call("float16", 40), FLASH),
-        ("h100", call("float16", 80), FLASH),
-        ("h100", call("float16", 160), FLASH),
-        ("h100", call("float16", 256), FLASH),
+        # SD v1.5 on sm90 (the H200 trace): cuDNN attention first, for the UNet's head dims 40/80/160 and
+        # CLIP's 64; the VAE's one 512-wide head is above cuDNN's and flash's 256 and runs memory-efficient.
+        ("h100", call("float16", 40), CUDNN),
+        ("h200", call("float16", 80), CUDNN),
+        ("h100", call("float16", 160), CUDNN),
+        ("h100", call("float16", 256), CUDNN),
         ("h100", call("float16", 512), EFFICIENT),
+        ("h100", call("float16", 36), FLASH),  # not a multiple of 8: cuDNN refuses, flash pads
+        ("h100", call("float16", 64, keys=1), FLASH),  # cuDNN refuses a key length of 1
+        # sm80 to sm89 keep PyTorch's default order: flash first
         ("a100-40gb", call("bfloat16", 64), FLASH),
+        ("rtx4090", call("float16", 160), FLASH),
         # sm75 has no flash: everything memory-efficient (FACTS.md: "on a T4 both run memory-efficient")
         ("t4", call("float16", 40), EFFICIENT),
         ("t4", call("float16", 512), EFFICIENT),
@@ -67,8 +72,11 @@ def test_output_accumulator_above_128_for_16_bit_only() -> None:
 
 def test_allowed_backends_restrict_the_choice() -> None:
     assert choose_backend(GPUS["h100"], call("float16", 40), allowed=(MATH,)) == MATH
-    assert choose_backend(GPUS["h100"], call("float16", 40), allowed=(EFFICIENT, MATH)) == EFFICIENT
-    assert choose_backend(GPUS["t4"], call("float16", 40), allowed=(FLASH, MATH)) == MATH
+    assert choose_backend(GPUS["h100"], call("float16", 40), allowed=(EFFICIENT,)) == EFFICIENT
+    assert choose_backend(GPUS["h100"], call("float16", 40), allowed=(FLASH,)) == FLASH
+    # as torch.nn.attention.sdpa_kernel([FLASH]) raises "No available kernel": nothing to choose
+    assert choose_backend(GPUS["t4"], call("float16", 40), allowed=(FLASH,)) is None
+    assert choose_backend(GPUS["h100"], call("float16", 512), allowed=(FLASH,)) is None
 
 
 def test_cpu_runs_its_flash_kernel_for_equal_head_dims() -> None:
@@ -76,7 +84,9 @@ def test_cpu_runs_its_flash_kernel_for_equal_head_dims() -> None:
     assert choose_backend(CPU, call("float32", 32, v_dim=16)) == MATH
 
 
-def test_priority_order_matches_the_installed_torch() -> None:
+def test_default_priority_order_matches_the_installed_torch() -> None:
+    # The CPU build has no cuDNN, so check_prefer_cudnn_attention leaves the default order; sm80-sm89 cards
+    # get that order in the simulation too.
     torch = pytest.importorskip("torch")
     from torch.nn.attention import SDPBackend
 

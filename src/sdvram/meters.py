@@ -1,12 +1,12 @@
-"""How memory is measured. One small interface, one implementation per device, so that the stage
-instrumentation in ``profiler.py`` is the same code whatever the device:
+"""How memory is measured. One small interface, one implementation per device, so that the run engine
+(``engine.py``) is the same code whatever the device:
 
 - ``CudaMeter``: the CUDA caching allocator's own statistics (``torch.cuda.memory_allocated``,
   ``max_memory_allocated``, ``max_memory_reserved``), plus NVML's view of the device (what nvidia-smi shows).
 - ``LiveTensorMeter``: a ``TorchDispatchMode`` that sees every tensor an aten op returns and tracks the live
   storages (weakref finalizers), for the CPU, where torch keeps no allocator statistics, and for the ``meta``
-  device, where nothing is allocated at all (``simulate``). ``granularity`` rounds each storage up the way the
-  CUDA caching allocator rounds a request (512 bytes), so that a simulated figure reads as ``memory_allocated``.
+  device, where nothing is allocated at all (``simulate``). It reports each allocation and free to an
+  accountant (``accounting.py``): live bytes for the CPU, the caching-allocator model for a simulated GPU.
 
 Import this module only on the profile/simulate paths: it imports torch.
 """
@@ -18,14 +18,17 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import count
 from typing import Any, Protocol
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
-CUDA_ALLOCATOR_ROUNDING = 512  # c10/cuda/CUDACachingAllocator.cpp: kMinBlockSize, every request rounds up to it
+from sdvram.accounting import Accountant
+from sdvram.allocator import AllocatorOutOfMemory
+
 NVML_SAMPLE_SECONDS = 0.005  # NVML's memory counters update about this often; finer sampling sees no more
 
 
@@ -34,8 +37,9 @@ class Peak:
     """The most memory held since the meter's previous ``take_peak()``."""
 
     allocated: int  # bytes in live tensors (for CUDA: max_memory_allocated)
-    reserved: int | None  # bytes the allocator held from the device (CUDA only; None where not applicable)
+    reserved: int | None  # bytes the allocator held from the device (None where there is no such thing)
     snapshot: Snapshot | None = None  # what was live at the peak, where the meter keeps it
+    requested: int | None = None  # the largest sum of live requests as made (where the meter knows it)
 
 
 class Meter(Protocol):
@@ -164,56 +168,86 @@ class CudaMeter:
 
 @dataclass(frozen=True)
 class Allocation:
-    """One live storage as the live-tensor meter saw it created."""
+    """One live allocation as the live-tensor meter saw it made."""
 
-    size: int  # bytes, rounded to the meter's granularity
-    owner: str  # the module whose forward created it ("pipeline" outside any module)
+    size: int  # bytes requested
+    charged: int  # bytes the accountant charged for it (the allocator's block)
+    owner: str  # the module whose forward made it ("pipeline" outside any module)
     shape: tuple[int, ...]
     dtype: str
+    kind: str = "tensor"  # "tensor", "weights" (resident) or a workspace's name
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What was live at a peak: the activations one by one, the resident weights summed per owner."""
+    """What was live at a peak: the allocations one by one, the resident weights summed per owner."""
 
     allocations: tuple[Allocation, ...]
-    resident: tuple[tuple[str, int, int], ...]  # (owner, bytes, tensors)
+    resident: tuple[tuple[str, int, int], ...]  # (owner, bytes charged, tensors)
 
     @property
     def total(self) -> int:
-        return sum(a.size for a in self.allocations) + sum(size for _, size, _ in self.resident)
+        return sum(a.charged for a in self.allocations) + sum(size for _, size, _ in self.resident)
+
+
+@dataclass
+class Failure:
+    """The first allocation an accountant with a capacity could not make."""
+
+    allocation: Allocation
+    error: Exception
+    context: Any = None  # what the meter's ``on_failure`` callback returned (the stage, for the engine)
+
+
+@dataclass
+class EventLog:
+    """Allocations and frees in order, for replaying a call exactly: ``("alloc", key, Allocation)``,
+    ``("free", key)``."""
+
+    events: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class LiveTensorMeter(TorchDispatchMode):
-    """Tracks the storages of every tensor an aten op returns on ``device`` while entered, and frees them when
-    their last reference goes (a weakref finalizer on the storage). ``allocated()`` is the sum of the live
-    storages' sizes, each rounded up to ``granularity`` bytes; the peak is the largest that sum has been.
+    """Tracks the storages of every tensor an aten op returns on ``device`` while entered, and reports each
+    to ``accountant`` when made and when its last reference goes (a weakref finalizer on the storage).
+    ``allocated()`` and ``reserved()`` are the accountant's; the peak is the largest ``allocated`` seen.
 
     Ground truth it follows: on the CPU, the bytes of live tensors (what a GPU's ``memory_allocated`` would
     count for the same ops); on ``meta``, the same bookkeeping for tensors that have shapes but no data.
-    Not visible to it: memory a kernel allocates and frees inside itself (workspaces), and tensors made
-    outside torch's dispatcher (``torch.from_numpy``) until an op returns a new tensor from them.
+    Not visible to it: memory a kernel allocates and frees inside itself (workspaces: ``after_op`` may add
+    them with ``transient`` and ``keep``), tensors made outside torch's dispatcher (``torch.from_numpy``)
+    until an op returns a new tensor from them, and zero-byte storages (PyTorch allocates nothing for them).
 
     ``cache`` (meta only; a dict several meters may share) reuses the output shapes of an op already seen
     with the same input shapes, strides, dtypes and arguments, instead of running its Python meta kernel
     again: meta kernels are pure functions of that metadata, and only ops whose outputs were seen to be
     fresh storages are cached, so the bookkeeping is unchanged.
-    ``explain=True`` remembers who created each storage (``owner``) and keeps a ``Snapshot`` of the live
-    storages at each peak.
+    ``explain=True`` remembers who made each allocation (``owner``) and keeps a ``Snapshot`` at each peak.
+    ``on_failure(allocation)`` is called once, for the first allocation the accountant refused (an
+    ``AllocatorOutOfMemory`` from a capacity); the accountant's capacity is then lifted so that the run goes
+    on and shows what it would need.
     """
 
-    def __init__(self, device: str = "cpu", granularity: int = 1, cache: dict[Any, Any] | None = None,
-                 explain: bool = False, owner: Any = None) -> None:
+    def __init__(self, device: str, accountant: Accountant, cache: dict[Any, Any] | None = None,
+                 explain: bool = False, owner: Any = None, library: Any = None, on_failure: Any = None) -> None:
         super().__init__()
         self.kind = device
-        self.granularity = granularity
+        self.accountant = accountant
         self.explain = explain
-        self.owner = owner or (lambda: "pipeline")  # a callable naming the creator of a new storage
+        self.owner = owner or (lambda: "pipeline")  # a callable naming the maker of a new allocation
+        # What a device's libraries allocate around an op: library.before_op(meter, func, args) returns the
+        # keys of allocations to free after it; library.after_op(meter, func, args, out) runs after it.
+        self.library = library
+        self.on_failure = on_failure
+        self.failure: Failure | None = None
+        self.log: EventLog | None = None  # while set, every allocation and free is appended to it
+        self._keys: dict[int, int] = {}  # storage _cdata -> allocation key
         self._live: dict[int, Allocation] = {}
-        self._resident: dict[int, Allocation] = {}
-        self._resident_by_owner: dict[str, list[int]] = {}
-        self._allocated = 0
+        self._resident: set[int] = set()
+        self._next = count(1)
         self._peak = 0
+        self._peak_reserved: int | None = None
+        self._peak_requested = 0
         self._snapshot: Snapshot | None = None
         self._cache = cache
         self._cacheable: dict[Any, bool] = {}
@@ -228,77 +262,157 @@ class LiveTensorMeter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        held = self.library.before_op(self, func, args) if self.library is not None else ()
         key = self._cache_key(func, args, kwargs) if self._cache is not None else None
-        if key is not None:
-            template = self._cache.get(key)  # type: ignore[union-attr]
-            if template is not None:
-                out = _build(template)
-                self._track_all(out)
-                return out
-        out = func(*args, **kwargs)
-        if key is not None and _fresh(out, args, kwargs):
-            self._cache[key] = template_of(out)  # type: ignore[index]
+        template = self._cache.get(key) if key is not None else None  # type: ignore[union-attr]
+        if template is not None:
+            out = _build(template)
+        else:
+            out = func(*args, **kwargs)
+            if key is not None and _fresh(out, args, kwargs):
+                self._cache[key] = template_of(out)  # type: ignore[index]
         self._track_all(out)
+        if self.library is not None:
+            for held_key in held:
+                self._free(held_key)
+            self.library.after_op(self, func, args, out)
         return out
 
+    # -- what is tracked -----------------------------------------------------------------------------------
     def track(self, tensor: torch.Tensor, owner: str | None = None, resident: bool = False) -> None:
         """Count ``tensor``'s storage while it lives (once, however many views share it). ``resident``
         storages (weights) are summed per owner in snapshots rather than listed."""
         if tensor.device.type != self.kind:
             return
         storage = tensor.untyped_storage()
-        key = storage._cdata
-        if key in self._live or key in self._resident:
-            if resident and key in self._live:  # a weight made during loading: move it to the resident set
-                self._add_resident(key, self._live.pop(key), owner)
+        known = self._keys.get(storage._cdata)
+        if known is not None:
+            if resident and known not in self._resident:  # a weight made during loading: now resident
+                self._resident.add(known)
+                alloc = self._live[known]
+                self._live[known] = Allocation(alloc.size, alloc.charged, owner or alloc.owner, alloc.shape,
+                                               alloc.dtype, "weights")
             return
-        size = self.round(storage.nbytes())
-        alloc = Allocation(size, owner or (self.owner() if self.explain else ""),
-                           tuple(tensor.shape) if self.explain else (), str(tensor.dtype).removeprefix("torch."))
+        nbytes = storage.nbytes()
+        if nbytes == 0:  # PyTorch's allocators hand out nothing for an empty storage
+            return
+        info = Allocation(nbytes, 0, owner or (self.owner() if self.explain else ""),
+                          tuple(tensor.shape) if self.explain else (), str(tensor.dtype).removeprefix("torch."),
+                          "weights" if resident else "tensor")
+        key = self._alloc(info)
         if resident:
-            self._add_resident(key, alloc, owner)
-        else:
-            self._live[key] = alloc
-        self._allocated += size
-        self._reach(self._allocated)
-        weakref.finalize(storage, self._free, key)
+            self._resident.add(key)
+        self._bind(storage, key)
 
+    def transient(self, nbytes: int, kind: str) -> None:
+        """An allocation made and freed inside a kernel (a workspace): it reaches the peak, then goes."""
+        self.release(self.hold(nbytes, kind))
+
+    def hold(self, nbytes: int, kind: str) -> int | None:
+        """An allocation a kernel makes for its duration (freed with ``release``); its key, None for 0 bytes."""
+        if nbytes <= 0:
+            return None
+        return self._alloc(Allocation(nbytes, 0, self.owner() if self.explain else "", (), "bytes", kind))
+
+    def release(self, key: int | None) -> None:
+        if key is not None:
+            self._free(key)
+
+    def keep(self, nbytes: int, kind: str, owner: str | None = None) -> None:
+        """An allocation a library makes once and keeps for the rest of the process (cuBLAS's workspace)."""
+        if nbytes > 0:
+            key = self._alloc(Allocation(nbytes, 0, owner or kind, (), "bytes", kind))
+            self._resident.add(key)
+
+    # -- reading -------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """The live storages now."""
-        resident = tuple(
-            (owner, sum(self._resident[k].size for k in keys), len(keys))
-            for owner, keys in self._resident_by_owner.items() if keys
-        )
-        return Snapshot(tuple(self._live.values()), resident)
+        """The live allocations now."""
+        resident: dict[str, list[int]] = {}
+        listed = []
+        for key, alloc in self._live.items():
+            if key in self._resident:
+                entry = resident.setdefault(alloc.owner, [0, 0])
+                entry[0] += alloc.charged
+                entry[1] += 1
+            else:
+                listed.append(alloc)
+        return Snapshot(tuple(listed), tuple((owner, size, n) for owner, (size, n) in resident.items()))
 
     @contextmanager
     def probe(self) -> Iterator[list[int]]:
         """Yield a one-element list holding the highest ``allocated()`` seen while the block runs."""
-        probe = [self._allocated]
+        probe = [self.accountant.allocated]
         self._probes.append(probe)
         try:
             yield probe
         finally:
             self._probes.remove(probe)
 
-    def replay(self, peak_delta: int, template: Any) -> Any:
-        """Stand for a call already measured: raise the peak to ``allocated() + peak_delta`` as the call did,
-        then create its outputs from ``template`` (see ``template_of``)."""
-        self._reach(self._allocated + peak_delta)
-        out = _build(template)
-        self._track_all(out)
+    @contextmanager
+    def recording(self) -> Iterator[EventLog]:
+        """Log every allocation and free made while the block runs (nested logs are not supported)."""
+        log = EventLog()
+        self.log = log
+        try:
+            yield log
+        finally:
+            self.log = None
+
+    def replay(self, log: EventLog, template: Any, outputs: list[int]) -> Any:
+        """Stand for a call already logged: make and free its allocations in the same order, then create
+        its outputs from ``template`` (see ``template_of``), bound to the allocations the call left live
+        (``outputs``: their keys in the log, in the order of the outputs' tensors)."""
+        fresh: dict[int, int] = {}
+        for event in log.events:
+            if event[0] == "alloc":
+                fresh[event[1]] = self._alloc(event[2])
+            else:
+                self._free(fresh.pop(event[1]))
+        with _disable_current_modes():  # the outputs' storages are the logged ones, not new allocations
+            out = _build(template)
+        tensors = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        for tensor, old in zip(tensors, outputs, strict=True):
+            self._bind(tensor.untyped_storage(), fresh.pop(old))
         return out
 
-    def round(self, nbytes: int) -> int:
-        """``nbytes`` rounded up to the allocator's granularity (zero stays zero)."""
-        return -(-nbytes // self.granularity) * self.granularity
+    def replay_resident(self, log: EventLog, bindings: list[tuple[Any, int, str]]) -> None:
+        """Make and free a logged construction's allocations in order, then hold the ones it left live as
+        resident weights: ``bindings`` gives each one's storage, its key in the log, and its owner. The
+        storages outlive the run, so no finalizer is set."""
+        fresh: dict[int, int] = {}
+        for event in log.events:
+            if event[0] == "alloc":
+                fresh[event[1]] = self._alloc(event[2])
+            else:
+                self._free(fresh.pop(event[1]))
+        for storage, old, owner in bindings:
+            key = fresh.pop(old)
+            self._keys[storage._cdata] = key
+            self._resident.add(key)
+            alloc = self._live[key]
+            self._live[key] = Allocation(alloc.size, alloc.charged, owner, alloc.shape, alloc.dtype, "weights")
+        for key in fresh.values():  # made while building and kept, but not a weight (none in SD v1.5)
+            self._resident.add(key)
+
+    def live_keys(self, tensors: Any) -> list[int] | None:
+        """The allocation keys of ``tensors``' storages, in order (None if one is not tracked)."""
+        keys = []
+        for tensor in tree_flatten(tensors)[0]:
+            if isinstance(tensor, torch.Tensor):
+                key = self._keys.get(tensor.untyped_storage()._cdata)
+                if key is None:
+                    return None
+                keys.append(key)
+        return keys
 
     def allocated(self) -> int:
-        return self._allocated
+        return self.accountant.allocated
 
     def take_peak(self) -> Peak:
-        peak = Peak(self._peak, None, self._snapshot)
-        self._peak = self._allocated
+        peak = Peak(self._peak, self._peak_reserved, self._snapshot, self._peak_requested)
+        self._peak = self.accountant.allocated
+        self._peak_reserved = self.accountant.reserved
+        self._peak_requested = self.accountant.requested
         self._snapshot = self.snapshot() if self.explain else None
         return peak
 
@@ -306,21 +420,59 @@ class LiveTensorMeter(TorchDispatchMode):
         return None
 
     def environment(self) -> dict[str, Any]:
-        return {"device": self.kind, "allocator_granularity": self.granularity}
+        return {"device": self.kind}
 
-    def _reach(self, level: int) -> None:
-        """Memory held has reached ``level`` bytes: raise the open probes and the peak (with its snapshot)."""
+    # -- the events ------------------------------------------------------------------------------------------
+    def _alloc(self, info: Allocation) -> int:
+        key = next(self._next)
+        try:
+            charged = self.accountant.alloc(key, info.size)
+        except AllocatorOutOfMemory as exc:  # a capacity refused it: note the first, lift the capacity, go on
+            if self.failure is None:
+                self.failure = Failure(info, exc, self.on_failure(info) if self.on_failure else None)
+            self.accountant.lift_capacity()  # type: ignore[attr-defined]  # only the allocator has a capacity
+            charged = self.accountant.alloc(key, info.size)
+        info = Allocation(info.size, charged, info.owner, info.shape, info.dtype, info.kind)
+        self._live[key] = info
+        if self.log is not None:
+            self.log.events.append(("alloc", key, info))
+        self._reach()
+        return key
+
+    def _free(self, key: int) -> None:
+        if self._live.pop(key, None) is None:
+            return
+        self._resident.discard(key)
+        self.accountant.free(key)
+        if self.log is not None:
+            self.log.events.append(("free", key))
+
+    def _bind(self, storage: Any, key: int) -> None:
+        cdata = storage._cdata
+        self._keys[cdata] = key
+        weakref.finalize(storage, self._release, cdata, key)
+
+    def _release(self, cdata: int, key: int) -> None:
+        if self._keys.get(cdata) == key:
+            del self._keys[cdata]
+        self._free(key)
+
+    def _reach(self) -> None:
+        """An allocation was made: raise the open probes and the peaks (with the snapshot)."""
+        acct = self.accountant
+        level = acct.allocated
         for probe in self._probes:
-            probe[0] = max(probe[0], level)
+            if level > probe[0]:
+                probe[0] = level
         if level > self._peak:
             self._peak = level
             if self.explain:
                 self._snapshot = self.snapshot()
-
-    def _add_resident(self, key: int, alloc: Allocation, owner: str | None) -> None:
-        alloc = Allocation(alloc.size, owner or alloc.owner, alloc.shape, alloc.dtype)
-        self._resident[key] = alloc
-        self._resident_by_owner.setdefault(alloc.owner, []).append(key)
+        reserved = acct.reserved
+        if reserved is not None and (self._peak_reserved is None or reserved > self._peak_reserved):
+            self._peak_reserved = reserved
+        if acct.requested > self._peak_requested:
+            self._peak_requested = acct.requested
 
     def _track_all(self, out: Any) -> None:
         if isinstance(out, torch.Tensor):
@@ -329,15 +481,6 @@ class LiveTensorMeter(TorchDispatchMode):
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor):
                 self.track(value)
-
-    def _free(self, key: int) -> None:
-        alloc = self._live.pop(key, None)
-        if alloc is None:
-            alloc = self._resident.pop(key, None)
-            if alloc is None:
-                return
-            self._resident_by_owner[alloc.owner].remove(key)
-        self._allocated -= alloc.size
 
     def _cache_key(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         cacheable = self._cacheable.get(func)
@@ -413,13 +556,13 @@ def _fresh(out: Any, args: Any, kwargs: dict[str, Any]) -> bool:
             key = value.untyped_storage()._cdata
             if value.device.type != "meta" or key in inputs or key in seen or value.storage_offset():
                 return False
-            if value.untyped_storage().nbytes() != _strided_nbytes(value):  # storage larger than its view
+            if value.untyped_storage().nbytes() != strided_nbytes(value):  # storage larger than its view
                 return False
             seen.add(key)
     return True
 
 
-def _strided_nbytes(tensor: torch.Tensor) -> int:
+def strided_nbytes(tensor: torch.Tensor) -> int:
     """Bytes ``torch.empty_strided`` allocates for the tensor's size and strides."""
     if tensor.numel() == 0:
         return 0

@@ -1,17 +1,25 @@
-"""``simulate()``: predict a GPU's per-stage peak memory by running the real diffusers pipeline on ``meta``.
+"""``simulate()``: predict a GPU's memory without one, by running the real diffusers pipeline on ``meta``.
 
 The same pipeline classes, built from the shipped configs on the ``meta`` device (shapes and dtypes, no
-data), run through the same stage instrumentation as ``profile`` with a third meter: live storages rounded
-the way the CUDA caching allocator rounds them. What differs from a real run is modelled explicitly:
+data), run through the same run engine as ``profile`` (``engine.py``) with the live-tensor meter, whose
+accountant is the model of PyTorch's CUDA caching allocator (``allocator.py``): each storage is a request,
+and the model's ``allocated``, ``reserved`` and ``requested`` are what ``torch.cuda`` would report. What a
+GPU does that ``meta`` does not is modelled explicitly:
 
-- attention: ``scaled_dot_product_attention`` is replaced by what the chosen GPU's kernel allocates
-  (``attention.py``), since on ``meta`` PyTorch would run the math path;
-- the scheduler's timesteps stay on the host (``meta`` tensors cannot be read back), a few hundred bytes;
+- attention: ``scaled_dot_product_attention`` is replaced by what the kernel PyTorch would choose on the
+  GPU allocates (``attention.py``), since on ``meta`` PyTorch would run the math path;
+- cuBLAS and cuBLASLt keep workspaces from the first matrix multiply on, and cuDNN holds a workspace while
+  each convolution runs (``workspaces.py``): allocated through the allocator model in the order the GPU
+  makes them (after the op's output);
+- the input image stays on the host (its preprocessed tensor is a placeholder of the right shape, made
+  without host memory), and so do the scheduler's timesteps (``meta`` tensors cannot be read back);
 - the safety checker's host-side steps (PIL and numpy) are skipped; what it allocates on the device is
   allocated (the feature extractor's pixels in fp32 and in the run's dtype, the CLIP vision tower, the
   concept distances).
 
-Not modelled (see ``NOT_MODELLED``): the CUDA context, cuDNN and cuBLAS workspaces, allocator caching.
+"Does it fit" is the allocator model run with the card's capacity (its memory less the CUDA context): the
+first request that cannot be met, even after the cached segments are released, is where a real run would
+stop with an out-of-memory error; the simulation notes it and goes on, to show what the run would need.
 """
 
 from __future__ import annotations
@@ -19,71 +27,80 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance
+from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
+from sdvram.accounting import Accountant, LiveBytes
+from sdvram.allocator import AllocatorAccountant, CachingAllocator
 from sdvram.attention import (
-    BACKENDS,
     CPU_FLASH,
+    CUDNN,
+    CUDNN_WORKSPACE,
+    EFFICIENT,
     FLASH,
     MATH,
     AttentionCall,
+    allowed_backends,
     choose_backend,
     needs_flash_padding,
     needs_output_accumulator,
 )
+from sdvram.choices import Architecture, DType, Kernel
+from sdvram.engine import Progress, StageRecorder, finish_record, new_record, patched, resolve, run_instrumented
+from sdvram.errors import InputError
 from sdvram.gpus import GpuSpec
-from sdvram.meters import CUDA_ALLOCATOR_ROUNDING, LiveTensorMeter, Snapshot, call_key, template_of
-from sdvram.pipeline import build_pipeline
-from sdvram.profiler import (
-    DEFAULT_PROMPT,
-    ProfileRequest,
-    Progress,
-    StageRecorder,
-    finish_record,
-    new_record,
-    patched,
-    resolve_inputs,
-    run_instrumented,
-    track_weights,
-)
-from sdvram.record import Record
+from sdvram.meters import Allocation, EventLog, LiveTensorMeter, Snapshot, call_key, strided_nbytes, template_of
+from sdvram.pipeline import BUILD_ORDER, build_pipeline
+from sdvram.record import Fit, Record, Simulation
+from sdvram.requests import RunRequest
+from sdvram.stages import label
+from sdvram.workspaces import Conv, conv_workspace, cublas_workspaces
 
-FIT_ALLOWANCE = 1024**3  # 1 GiB kept free for what the simulation cannot see: the CUDA context (hundreds of
-# MiB), cuBLAS/cuDNN workspaces and allocator fragmentation. An allowance, not a measurement.
 EXPLAIN_TENSORS = 4  # largest tensors shown per group
-NOT_MODELLED = (
-    "The CUDA context (runtime, kernels, cuBLAS/cuDNN handles): hundreds of MiB that nvidia-smi/NVML show but "
-    "torch.cuda.memory_allocated does not.",
-    "cuDNN convolution and cuBLAS matmul workspaces: allocated through the caching allocator during a kernel, "
-    "so a GPU's measured peak allocated includes them; the simulation does not see them.",
-    "Allocator caching and fragmentation: torch.cuda.memory_reserved exceeds memory_allocated by what the "
-    "caching allocator keeps in its pools, and a cached block reused for a request under 1 MiB smaller than "
-    "it is counted whole in memory_allocated (CUDACachingAllocator.cpp, should_split).",
-    "The scheduler's timesteps, kept on the host in the simulation (a few hundred bytes on the GPU).",
-)
+MATMULS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "_addmm_activation"}  # aten ops cuBLAS runs
 
 
 @dataclass(frozen=True)
 class SimulateOptions:
-    """What ``simulate`` adds to a profile request: the GPU, which attention kernels may run, explain."""
+    """What ``simulate`` adds to a run request: the GPU, which attention kernels may run, explain."""
 
     gpu: GpuSpec
-    attention: str = "auto"  # "auto" (PyTorch's choice), or "flash"/"efficient"/"math" to allow only that
+    attention: Kernel = Kernel.auto  # auto: PyTorch's choice; else only that kernel, as sdpa_kernel allows
     explain: bool = False
+    replay: bool = True  # replay UNet calls with the same shapes from their log (exact; off to check that)
 
 
 class Simulator:
     """The pipeline built once on ``meta``, run for as many requests as wanted (sweeps build once)."""
 
-    def __init__(self, architecture: str = "sd15", dtype: str = "float16", safety_checker: bool = True) -> None:
+    def __init__(self, architecture: Architecture = Architecture.sd15, dtype: DType = DType.float16,
+                 safety_checker: bool = False) -> None:
         self.architecture, self.dtype, self.safety_checker = architecture, dtype, safety_checker
-        self.pipe = build_pipeline(device="meta", dtype=dtype, architecture=architecture, safety_checker=safety_checker)
+        # Built under a meter that logs every allocation and free, so that each run's load stage makes them
+        # again in the order a GPU would (the order of construction, temporaries included).
+        builder = LiveTensorMeter("meta", LiveBytes())
+        with builder, builder.recording() as log:
+            self.pipe = build_pipeline(device="meta", dtype=dtype.value, architecture=architecture.value,
+                                       safety_checker=safety_checker)
+        self.build_log = log
+        self.weights: dict[str, dict[str, int]] = {}
+        self.bindings: list[tuple[Any, int, str]] = []
+        for component in BUILD_ORDER:
+            module = getattr(self.pipe, component, None)
+            if isinstance(module, torch.nn.Module):
+                tensors = [*module.parameters(), *module.buffers()]
+                keys = builder.live_keys(tensors)
+                assert keys is not None, "every weight is made while the builder logs"
+                owner = f"{component} weights"
+                self.bindings += [(t.untyped_storage(), key, owner) for t, key in zip(tensors, keys, strict=True)]
+                self.weights[component] = {"bytes": sum(t.numel() * t.element_size() for t in tensors),
+                                           "tensors": len(tensors)}
         self.names: dict[int, str] = {}
         for component, module in self.pipe.components.items():
             if isinstance(module, torch.nn.Module):
@@ -91,68 +108,63 @@ class Simulator:
                     self.names[id(sub)] = f"{component}.{name}" if name else component
         self._op_cache: dict[Any, Any] = {}  # shared by every run: meta output shapes by input metadata
 
-    def run(self, request: ProfileRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
-        """Simulate one request. ``request.dtype``, ``architecture`` and ``safety_checker`` must match the
-        simulator's build."""
-        build = (request.architecture, request.dtype, request.settings.safety_checker)
-        if build != (self.architecture, self.dtype, self.safety_checker):
-            raise ValueError(f"this simulator was built for {(self.architecture, self.dtype, self.safety_checker)}, "
-                             f"not {build}")
-        formula, picture = resolve_inputs(request)
+    def accepts(self, request: RunRequest, gpu: GpuSpec) -> bool:
+        """Was this simulator built for what ``request`` runs?"""
+        build = (request.architecture, request.resolved_dtype(gpu.is_cuda), request.settings.safety_checker)
+        return build == (self.architecture, self.dtype, self.safety_checker)
+
+    def run(self, request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
+        """Simulate one request on ``options.gpu``; the simulator must have been built for it (``accepts``)."""
+        gpu = options.gpu
+        if not self.accepts(request, gpu):
+            raise ValueError(f"this simulator was built for {(self.architecture, self.dtype, self.safety_checker)}")
+        formula = resolve(request)
         stack: list[str] = []
+        allocator = CachingAllocator(capacity=gpu.capacity) if gpu.is_cuda else None
+        accountant: Accountant = AllocatorAccountant(allocator) if allocator is not None else LiveBytes()
+        recorder_box: list[StageRecorder] = []
+        libraries = GpuLibraries(gpu) if gpu.is_cuda else None
         meter = LiveTensorMeter(
-            "meta",
-            granularity=CUDA_ALLOCATOR_ROUNDING if options.gpu.is_cuda else 1,  # the CPU allocator does not round
-            cache=self._op_cache,
-            explain=options.explain,
+            "meta", accountant, cache=self._op_cache, explain=options.explain,
             owner=lambda: stack[-1] if stack else "pipeline",
+            library=libraries,
+            on_failure=lambda allocation: recorder_box[0].stage_name,
         )
-        record = new_record("simulate", request, formula, picture)
+        record = new_record("simulate", request, formula, device="meta", dtype=self.dtype.value, weights="random",
+                            model=None, attention=options.attention.value)
         recorder = StageRecorder(meter)
-        attention = AttentionModel(options.gpu, options.attention)
-        scheduler_tables = self._fresh_scheduler(host_is_device=not options.gpu.is_cuda)  # before the patches
+        recorder_box.append(recorder)
+        attention = AttentionModel(gpu, options.attention)
+        batch = request.settings.batch
+        shape = (batch, 3, formula.seed.height - formula.seed.height % 8, formula.seed.width - formula.seed.width % 8)
+        scheduler_tables = self._fresh_scheduler(host_is_device=not gpu.is_cuda)  # before the patches
         with ExitStack() as exits:
             exits.enter_context(meter)
             if options.explain:  # global module hooks cost time on every forward call: only when asked
                 exits.enter_context(self._module_stack(stack))
             exits.enter_context(attention)
-            exits.enter_context(self._meta_patches(host_is_device=not options.gpu.is_cuda))
-            # --explain runs every UNet call: a replayed call has no intermediates to show.
-            replay = None if options.explain else UNetReplay(meter, attention)
-            if replay is not None:
-                exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap)]))
+            image = self._input_image(shape)
+            exits.enter_context(self._meta_patches(image, not gpu.is_cuda, batch))
+            replay = UNetReplay(meter, attention, enabled=options.replay)
+            exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap)]))
             with recorder.stage("load"):
-                weights = track_weights(meter, self.pipe)
+                meter.replay_resident(self.build_log, self.bindings)
                 for tensor in scheduler_tables:
                     meter.track(tensor, owner="scheduler state", resident=True)
-            run_instrumented(
-                self.pipe,
-                picture,
-                formula.prompt or DEFAULT_PROMPT,
-                request.settings,
-                recorder,
-                progress,
-                output_type="pt",
-            )
+            run_instrumented(self.pipe, image, formula.prompt or "", request.settings, recorder, progress,
+                             output_type="pt")
         finish_record(record, recorder, formula)
-        record.environment.update(
-            {
-                "device": "meta",
-                "simulated_gpu": options.gpu.name,
-                "simulated_gpu_key": options.gpu.key,
-                "compute_capability": ".".join(map(str, options.gpu.compute_capability or ())) or None,
-                "gpu_total_memory": options.gpu.memory,
-                "allocator_granularity": meter.granularity,
-            }
+        record.environment.update({"device": "meta", "simulated_gpu": gpu.name})
+        record.simulation = Simulation(
+            gpu=gpu.key, gpu_name=gpu.name,
+            compute_capability=".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else None,
+            gpu_memory=gpu.memory, weights=self.weights, unet_calls_replayed=replay.replayed,
+            attention_calls=attention.summary(), peak_requested=recorder.peak_requested,
+            context=gpu.context if gpu.is_cuda else None, context_source=gpu.context_source if gpu.is_cuda else None,
+            workspaces=libraries.largest if libraries is not None else {},
+            assumptions=gpu.assumptions(), fit=_fit(gpu, meter),
+            explain={name: explain(s) for name, s in recorder.snapshots.items()} if options.explain else None,
         )
-        record.settings["attention"] = options.attention
-        record.extra["weights"] = weights
-        record.extra["unet_calls_replayed"] = replay.replayed if replay else 0
-        record.extra["attention_calls"] = attention.summary()
-        record.extra["not_modelled"] = list(NOT_MODELLED)
-        record.extra["fit"] = fit_verdict(record.peak_allocated, options.gpu.memory)
-        if options.explain:
-            record.extra["explain"] = {name: explain(snapshot) for name, snapshot in recorder.snapshots.items()}
         return record
 
     def _fresh_scheduler(self, host_is_device: bool) -> list[torch.Tensor]:
@@ -170,6 +182,14 @@ class Simulator:
         for name in tables:
             setattr(scheduler, name, getattr(scheduler, name).to("meta"))
         return [getattr(scheduler, name) for name in tables]
+
+    @staticmethod
+    def _input_image(shape: tuple[int, ...]) -> torch.Tensor:
+        """A stand-in for the input image: the preprocessed tensor's shape, float32, sides rounded down to
+        multiples of 8, no data and no host memory. Made outside the meter: on a GPU the image stays on the
+        host until ``prepare_latents`` copies it; on the CPU target ``preprocess`` makes the counted one."""
+        with _disable_current_modes():
+            return torch.empty(shape, dtype=torch.float32, device="meta")
 
     @contextmanager
     def _module_stack(self, stack: list[str]) -> Iterator[None]:
@@ -195,83 +215,179 @@ class Simulator:
             stack.clear()
 
     @contextmanager
-    def _meta_patches(self, host_is_device: bool) -> Iterator[None]:
-        """The two pipeline steps that read data back to the host, made meta-safe (see the module doc).
-        ``host_is_device`` (a CPU target): the preprocessed image is made on the device, as on a CPU the
-        pipeline's later ``.to(device)`` is a no-op and the tensor stays alive for the whole call."""
+    def _meta_patches(self, image: torch.Tensor, host_is_device: bool, batch: int) -> Iterator[None]:
+        """The pipeline steps that touch host data, made meta-safe (see the module doc)."""
         pipe = self.pipe
+        on_device: list[torch.Tensor] = []  # the GPU copies of host values the pipeline keeps to its end
 
-        def image_on_device(original: Callable[..., Any]) -> Callable[..., Any]:
-            def preprocess(*args: Any, **kwargs: Any) -> Any:
-                return original(*args, **kwargs).to("meta")
+        def preprocessed(original: Callable[..., Any]) -> Callable[..., Any]:
+            def preprocess(given: Any, *args: Any, **kwargs: Any) -> Any:
+                if given is not image:
+                    return original(given, *args, **kwargs)
+                if host_is_device:  # the preprocessed pixels are made on the measured device, here
+                    return torch.empty(image.shape, dtype=image.dtype, device="meta")
+                return image
 
             return preprocess
 
+        def image_to_device(original: Callable[..., Any]) -> Callable[..., Any]:
+            def prepare_latents(given: Any, timestep: Any, batch_size: int, num_images_per_prompt: int,
+                                dtype: torch.dtype, device: Any, *args: Any, **kwargs: Any) -> Any:
+                if given is image:  # the host tensor's copy on the GPU, in the run's dtype (one _to_copy)
+                    given = torch.empty(given.shape, dtype=dtype, device="meta")
+                return original(given, timestep, batch_size, num_images_per_prompt, dtype, device, *args, **kwargs)
+
+            return prepare_latents
+
         def host_timesteps(original: Callable[..., Any]) -> Callable[..., Any]:
             def set_timesteps(num_inference_steps: int, device: Any = None, **kwargs: Any) -> Any:
-                return original(num_inference_steps, device="cpu", **kwargs)
+                result = original(num_inference_steps, device="cpu", **kwargs)  # read back, so kept on the host
+                if not host_is_device:  # ... but a real run has them on the GPU too
+                    steps = pipe.scheduler.timesteps
+                    on_device.append(torch.empty(steps.shape, dtype=steps.dtype, device="meta"))
+                return result
 
             return set_timesteps
 
+        def device_latent_timestep(original: Callable[..., Any]) -> Callable[..., Any]:
+            def get_timesteps(*args: Any, **kwargs: Any) -> Any:
+                timesteps, steps = original(*args, **kwargs)
+                # __call__ then makes latent_timestep = timesteps[:1].repeat(batch), on the GPU in a real run
+                on_device.append(torch.empty((batch,), dtype=timesteps.dtype, device="meta"))
+                return timesteps, steps
+
+            return get_timesteps
+
         def device_safety_checker(original: Callable[..., Any]) -> Callable[..., Any]:
-            def run_safety_checker(image: torch.Tensor, device: Any, dtype: torch.dtype) -> Any:
+            def run_safety_checker(output: torch.Tensor, device: Any, dtype: torch.dtype) -> Any:
                 checker = pipe.safety_checker
                 if checker is None:
-                    return image, None
-                pipe.image_processor.postprocess(image, output_type="pt")  # denormalised copy for the PIL step
-                pixels = torch.empty((image.shape[0], 3, 224, 224), dtype=torch.float32, device=device)
+                    return output, None
+                pipe.image_processor.postprocess(output, output_type="pt")  # denormalised copy for the PIL step
+                pixels = torch.empty((output.shape[0], 3, 224, 224), dtype=torch.float32, device=device)
                 clip_input = pixels.to(dtype)  # BatchFeature.to(device) keeps the fp32 pixels alive too
                 pooled = checker.vision_model(clip_input)[1]
                 embeds = checker.visual_projection(pooled)
                 cosine_distance(embeds, checker.special_care_embeds)
                 cosine_distance(embeds, checker.concept_embeds)
                 del pixels, clip_input
-                return image, [False] * image.shape[0]
+                return output, [False] * output.shape[0]
 
             return run_safety_checker
 
         patches = [
+            (pipe.image_processor, "preprocess", preprocessed),
             (pipe.scheduler, "set_timesteps", host_timesteps),
             (pipe, "run_safety_checker", device_safety_checker),
         ]
-        if host_is_device:
-            patches.append((pipe.image_processor, "preprocess", image_on_device))
+        if not host_is_device:
+            patches += [(pipe, "prepare_latents", image_to_device), (pipe, "get_timesteps", device_latent_timestep)]
         with patched(patches):
             yield
+        on_device.clear()
+
+
+class GpuLibraries:
+    """What a CUDA build of PyTorch allocates around an op beyond the op's outputs, as the meter's
+    ``library``: the cuBLAS and cuBLASLt workspaces at the first matrix multiply (kept); a cuDNN workspace
+    during each convolution (``workspaces.py``); GroupNorm's two fp32 (N, C) scale and shift temporaries
+    (``GroupNormKernelImplInternal`` in ``aten/src/ATen/native/cuda/group_norm_kernel.cu``, for H x W > 1);
+    LayerNorm's contiguous copy of a non-contiguous input (``layer_norm_cuda`` calls
+    ``input.expect_contiguous()`` before allocating its output: diffusers' transformer blocks hand it a
+    permuted view). Each is allocated where the CUDA code allocates it, relative to the op's outputs."""
+
+    def __init__(self, gpu: GpuSpec) -> None:
+        self.cublas, self.cublaslt = cublas_workspaces(gpu.sm)
+        self.blas_ready = False
+        self.largest: dict[str, int] = {}
+        self.upsampled: int | None = None  # the storage of the last nearest-neighbour upsample's output
+
+    def before_op(self, meter: LiveTensorMeter, func: Any, args: Any) -> tuple[int | None, ...]:
+        if func._overloadpacket.__name__ == "native_layer_norm":
+            x = args[0]
+            if isinstance(x, torch.Tensor) and not x.is_contiguous():
+                return (meter.hold(x.numel() * x.element_size(), "LayerNorm's contiguous input"),)
+        return ()
+
+    def after_op(self, meter: LiveTensorMeter, func: Any, args: Any, out: Any) -> None:
+        name = func._overloadpacket.__name__
+        if name in MATMULS and not self.blas_ready:
+            self.blas_ready = True
+            meter.keep(self.cublas, "cuBLAS workspace")
+            meter.keep(self.cublaslt, "cuBLASLt workspace")
+            self.largest["cublas"], self.largest["cublaslt"] = self.cublas, self.cublaslt
+        elif name.startswith("upsample_nearest") and isinstance(out, torch.Tensor):
+            self.upsampled = out.untyped_storage()._cdata
+        elif name == "convolution" and isinstance(out, torch.Tensor):
+            x, weight = args[0], args[1]
+            after_upsample, self.upsampled = self.upsampled == x.untyped_storage()._cdata, None
+            if x.dim() != 4 or args[6]:  # 2-d, not transposed
+                return
+            n, c_in, h, w = x.shape
+            _, c_out, h_out, w_out = out.shape
+            conv = Conv(n, c_in, h, w, c_out, h_out, w_out, tuple(weight.shape[2:]), args[8], x.element_size(),
+                        tuple(args[3]), tuple(args[4]), after_upsample)
+            size = conv_workspace(conv)
+            if size:
+                meter.transient(size, "cuDNN workspace")
+                self.largest["cudnn"] = max(self.largest.get("cudnn", 0), size)
+        elif name == "native_group_norm":
+            n, c, hxw = args[3], args[4], args[5]
+            if hxw > 1 and args[1] is not None:
+                scale = meter.hold(n * c * 4, "GroupNorm's fp32 scale")  # kAccType: float for 16-bit inputs
+                shift = meter.hold(n * c * 4, "GroupNorm's fp32 shift")
+                meter.release(shift)
+                meter.release(scale)
 
 
 class UNetReplay:
     """Replays a UNet call whose arguments have the same metadata as a call already run, instead of running
     its ~1,700 ops again. Exact, not approximate: on ``meta`` the UNet's ops and shapes depend only on that
-    metadata (no data-dependent branch; the timestep's value never shapes a tensor), so the call allocates
-    and frees the same storages in the same order. It is memoised only after a run shows the call left
-    nothing behind but its output; a replay raises the meter's peak by the measured rise and creates the
-    output. The 41 calls of a run cost one. ``tests/test_simulate.py`` checks runs with and without it agree.
+    metadata (no data-dependent branch; the timestep's value never shapes a tensor), so the call makes and
+    frees the same allocations in the same order; the replay sends that logged sequence to the accountant
+    again, so any accountant (the allocator model too) sees what the call would have made it see. A call is
+    memoised only when its log shows it left nothing behind but its outputs, each a fresh storage. The 41
+    calls of a run cost one. ``tests/test_simulate.py`` checks runs with and without it agree.
     """
 
-    def __init__(self, meter: LiveTensorMeter, attention: AttentionModel) -> None:
-        self.meter, self.attention = meter, attention
-        self.memo: dict[Any, tuple[int, Any, Counter[tuple[str, int, int, str]]]] = {}
+    def __init__(self, meter: LiveTensorMeter, attention: AttentionModel, enabled: bool = True) -> None:
+        self.meter, self.attention, self.enabled = meter, attention, enabled
+        self.memo: dict[Any, tuple[EventLog, Any, list[int], Counter[tuple[str, int, int, str]]]] = {}
         self.replayed = 0
 
     def wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def forward(*args: Any, **kwargs: Any) -> Any:
-            key = call_key(args, kwargs)
+            key = call_key(args, kwargs) if self.enabled else None
             if key is not None and key in self.memo:
-                rise, template, calls = self.memo[key]
+                log, template, outputs, calls = self.memo[key]
                 self.replayed += 1
                 self.attention.calls.update(calls)
-                return self.meter.replay(rise, template)
-            start, before = self.meter.allocated(), Counter(self.attention.calls)
-            with self.meter.probe() as probe:
+                return self.meter.replay(log, template, outputs)
+            before = Counter(self.attention.calls)
+            with self.meter.recording() as log:
                 out = original(*args, **kwargs)
-            outputs = sum(self.meter.round(t.untyped_storage().nbytes()) for t in tree_flatten(out)[0]
-                          if isinstance(t, torch.Tensor))
-            if key is not None and self.meter.allocated() - start == outputs:
-                self.memo[key] = (probe[0] - start, template_of(out), self.attention.calls - before)
+            live = self.meter.live_keys(out)
+            if key is not None and live is not None and _self_contained(log, live, out):
+                self.memo[key] = (log, template_of(out), live, self.attention.calls - before)
             return out
 
         return forward
+
+
+def _self_contained(log: EventLog, outputs: list[int], out: Any) -> bool:
+    """Did the logged call free only what it made, and leave exactly its outputs, fresh storages each?"""
+    made: set[int] = set()
+    for event in log.events:
+        if event[0] == "alloc":
+            made.add(event[1])
+        elif event[1] in made:
+            made.discard(event[1])
+        else:
+            return False
+    if made != set(outputs) or len(outputs) != len(made):
+        return False
+    return all(t.storage_offset() == 0 and t.untyped_storage().nbytes() == strided_nbytes(t)
+               for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
 
 
 class AttentionModel:
@@ -280,9 +396,9 @@ class AttentionModel:
     transformers look the function up in ``torch.nn.functional`` at each call, so replacing the attribute
     reaches every attention call; a TorchFunctionMode would too, at the cost of intercepting every op."""
 
-    def __init__(self, gpu: GpuSpec, attention: str = "auto") -> None:
-        self.gpu = gpu
-        self.allowed = BACKENDS if attention == "auto" else (attention, MATH)
+    def __init__(self, gpu: GpuSpec, kernel: Kernel = Kernel.auto) -> None:
+        self.gpu, self.kernel = gpu, kernel
+        self.allowed = allowed_backends(kernel.value)
         self.calls: Counter[tuple[str, int, int, str]] = Counter()
         self._original: Any = None
 
@@ -306,8 +422,15 @@ class AttentionModel:
         enable_gqa: bool = False,
     ) -> torch.Tensor:
         dtype = str(query.dtype).removeprefix("torch.")
-        call = AttentionCall(dtype, query.shape[-1], key.shape[-1], value.shape[-1], attn_mask is not None)
+        call = AttentionCall(dtype, query.shape[-1], key.shape[-1], value.shape[-1], attn_mask is not None,
+                             key.shape[-2])
         backend = choose_backend(self.gpu, call, self.allowed)
+        if backend is None:  # as torch.nn.attention.sdpa_kernel with only this kernel raises "No available kernel"
+            raise InputError(
+                "{attention} {kernel}: PyTorch's {kernel} kernel cannot run this pipeline's attention with head "
+                "dim {dim} ({dtype}{mask}) on {gpu}, and torch.nn.attention.sdpa_kernel would raise; use auto.",
+                params=("attention",), kernel=self.kernel.value, dim=call.q_head_dim, dtype=dtype,
+                mask=", with a mask" if call.has_mask else "", gpu=self.gpu.name)
         self.calls[(backend, call.q_head_dim, query.shape[-2], dtype)] += 1
         if backend == MATH:
             out, _ = torch.ops.aten._scaled_dot_product_attention_math(
@@ -318,7 +441,12 @@ class AttentionModel:
         head_dim_v = value.shape[-1]
         device = query.device
         transient: list[torch.Tensor] = []
-        if backend == CPU_FLASH:
+        if backend == CUDNN:
+            seeds = [torch.empty((), dtype=torch.int64, device=device) for _ in range(2)]  # philox seed, offset
+            out = torch.empty((*batch, length, heads, head_dim_v), dtype=query.dtype, device=device)
+            transient.append(torch.empty(CUDNN_WORKSPACE, dtype=torch.uint8, device=device))
+            del transient[:], seeds
+        elif backend == CPU_FLASH:
             out = torch.empty((*batch, length, heads, head_dim_v), dtype=query.dtype, device=device)
             transient.append(torch.empty((*batch, length, heads), dtype=torch.float32, device=device))
         elif backend == FLASH:
@@ -330,6 +458,7 @@ class AttentionModel:
             out = torch.empty((*batch, length, heads, padded), dtype=query.dtype, device=device)
             transient.append(torch.empty((*batch, heads, length), dtype=torch.float32, device=device))
         else:  # EFFICIENT
+            assert backend == EFFICIENT
             out = torch.empty((*batch, length, heads, head_dim_v), dtype=query.dtype, device=device)
             transient.append(torch.empty((*batch, heads, 0), dtype=torch.float32, device=device))  # no lse
             if needs_output_accumulator(call):
@@ -346,15 +475,37 @@ class AttentionModel:
         ]
 
 
+def _fit(gpu: GpuSpec, meter: LiveTensorMeter) -> Fit | None:
+    """The verdict of the allocator model run with the card's capacity (None for the CPU target)."""
+    if not gpu.is_cuda or gpu.memory is None or gpu.capacity is None:
+        return None
+    failure = meter.failure
+    if failure is None:
+        return Fit("fits", gpu.capacity, gpu.memory, gpu.context)
+    return Fit("out of memory", gpu.capacity, gpu.memory, gpu.context, failed_stage=str(failure.context),
+               failed_request=failure.allocation.size, failed_what=describe(failure.allocation))
+
+
+def describe(allocation: Allocation) -> str:
+    """An allocation in words: "a 1x256x2048x2048 float16 tensor" or "a cuDNN workspace"."""
+    if allocation.kind in ("tensor", "weights"):
+        shape = "x".join(map(str, allocation.shape)) or "scalar"
+        what = f"a {shape} {allocation.dtype} {'weight' if allocation.kind == 'weights' else 'tensor'}"
+    else:
+        what = f"a {allocation.kind}"
+    return what + (f" made by {allocation.owner}" if allocation.owner else "")
+
+
 def explain(snapshot: Snapshot) -> dict[str, Any]:
-    """The live storages at a peak grouped by the module that created them, largest first, adding up to
+    """The live allocations at a peak grouped by the module that made them, largest first, adding up to
     the peak (the JSON form of ``--explain``)."""
     groups: dict[str, dict[str, Any]] = {}
     for alloc in snapshot.allocations:
-        group = groups.setdefault(alloc.owner, {"module": alloc.owner, "bytes": 0, "count": 0, "tensors": []})
-        group["bytes"] += alloc.size
+        name = alloc.owner if alloc.kind in ("tensor", "weights") else f"{alloc.owner} ({alloc.kind})"
+        group = groups.setdefault(name, {"module": name, "bytes": 0, "count": 0, "tensors": []})
+        group["bytes"] += alloc.charged
         group["count"] += 1
-        group["tensors"].append({"shape": list(alloc.shape), "dtype": alloc.dtype, "bytes": alloc.size})
+        group["tensors"].append({"shape": list(alloc.shape), "dtype": alloc.dtype, "bytes": alloc.charged})
     for owner, size, count in snapshot.resident:
         groups[owner] = {"module": owner, "bytes": size, "count": count, "tensors": []}
     ordered = sorted(groups.values(), key=lambda g: g["bytes"], reverse=True)
@@ -363,28 +514,18 @@ def explain(snapshot: Snapshot) -> dict[str, Any]:
     return {"total": snapshot.total, "groups": ordered}
 
 
-def fit_verdict(peak: int, capacity: int | None) -> dict[str, Any] | None:
-    """Does the predicted peak fit the card? ``tight`` within the FIT_ALLOWANCE of its capacity."""
-    if capacity is None:
-        return None
-    if peak + FIT_ALLOWANCE <= capacity:
-        verdict = "fits"
-    elif peak <= capacity:
-        verdict = "tight"
-    else:
-        verdict = "does not fit"
-    return {
-        "verdict": verdict,
-        "peak": peak,
-        "capacity": capacity,
-        "allowance": FIT_ALLOWANCE,
-        "share": peak / capacity,
-    }
-
-
-def simulate(request: ProfileRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
+def simulate(request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
     """Build the pipeline on ``meta`` and simulate one request."""
-    dtype = request.dtype or ("float16" if options.gpu.is_cuda else "float32")
-    request = replace(request, dtype=dtype)
+    dtype = request.resolved_dtype(options.gpu.is_cuda)
     simulator = Simulator(request.architecture, dtype, request.settings.safety_checker)
     return simulator.run(request, options, progress)
+
+
+def failure_sentence(record: Record) -> str | None:
+    """Where a simulated run would run out of memory, in one sentence (None when it fits)."""
+    sim = record.simulation
+    fit = sim.fit if sim is not None else None
+    if fit is None or fit.fits:
+        return None
+    return (f"out of memory in the {label(fit.failed_stage)} stage: {fit.failed_what} "
+            f"({fit.failed_request:,} bytes) would not fit")

@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
-# Profile SD v1.5 (random weights, fp16, the seed's reference settings) on this machine's CUDA GPU for the
-# four test images and 512, 1024 and 2048 px squares; write one JSON record per run into the folder given
-# (default docs/measurements). Each profile also simulates the same settings. Run from the repository root;
-# with no install, PYTHONPATH=src. Exit codes are sdvram's (5: out of GPU memory, the record still written).
+# Measure SD v1.5 (random weights, fp16, the seed's reference settings, safety checker on as from_pretrained
+# loads it) on this machine's CUDA GPU and write everything the simulator is checked against into one folder
+# (default docs/measurements/<gpu>-<date>): profile records (each carries the simulation of the same
+# settings), the per-convolution workspace tables, the memory-saving variants, and two allocator traces.
+# Run from the repository root; with no install, PYTHONPATH=src. Each part goes on when another fails; the
+# exit status is the last failure's (5: out of GPU memory, the record still written).
 set -uo pipefail
-out=${1:-docs/measurements}
-mkdir -p "$out"
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))") || exit 3
+out=${1:-docs/measurements/$gpu-$(date +%F)}
+mkdir -p "$out/profiles"
 status=0
+run() { "$@" || status=$?; }
 for image in images/*.jp*g; do
     name=$(basename "${image%.*}")
-    python3 -m sdvram profile "$image" --weights random --json "$out/$gpu--$name.json" || status=$?
+    run python3 -m sdvram profile "$image" --weights random --safety-checker --json "$out/profiles/$name.json"
 done
 for size in 512 1024 2048; do
-    python3 -m sdvram profile --h "$size" --w "$size" --weights random --json "$out/$gpu--${size}x$size.json" \
-        || status=$?
+    run python3 -m sdvram profile --h "$size" --w "$size" --weights random --safety-checker \
+        --json "$out/profiles/${size}x$size.json"
 done
+run python3 tools/gpu_trace.py "$out/trace-512-steps10.pkl.gz" profile --h 512 --w 512 --weights random \
+    --safety-checker --steps 10 --json "$out/profiles/512x512-steps10-traced.json"
+run python3 tools/gpu_trace.py "$out/trace-decode-2048.pkl.gz" --decode 2048 2048
+run python3 tools/gpu_convs.py > "$out/convs.jsonl"
+run env DTYPE=float32 SKIP_CL=1 python3 tools/gpu_convs.py 512x512 1024x1024 > "$out/convs-fp32.jsonl"
+run env DTYPE=bfloat16 SKIP_CL=1 python3 tools/gpu_convs.py 512x512 1024x1024 > "$out/convs-bf16.jsonl"
+run env BATCH=2 SKIP_CL=1 python3 tools/gpu_convs.py 768x768 > "$out/convs-fp16-batch2.jsonl"
+run python3 tools/gpu_components.py > "$out/components.jsonl"
+run python3 tools/gpu_variants.py > "$out/variants.jsonl"
+python3 tools/replay_trace.py "$out"/trace-*.pkl.gz || status=$?
 exit $status

@@ -1,0 +1,75 @@
+"""On a CUDA GPU: whole-pipeline peaks under diffusers' memory-saving switches (random SD v1.5 weights, fp16 unless
+noted, safety checker on as from_pretrained loads it).
+
+usage: PYTHONPATH=src python3 tools/gpu_variants.py
+One JSON line per variant: {"variant", "h", "w", "batch", "dtype", "steps", "before_build", "loaded",
+"peak_allocated", "peak_reserved", "s"}. All run in one process, one after the other: before_build is what was still
+allocated when a variant began (the cuBLAS workspaces after the first), and it is inside that variant's peaks.
+Fewer steps than the reference run: the peak stages (VAE) and PNDM's buffer fill do not depend on the count.
+"""
+
+import gc
+import json
+import time
+
+import torch
+from PIL import Image
+
+from sdvram.pipeline import build_pipeline, run_pipeline
+from sdvram.requests import Settings
+
+PROMPT = "a photo of a truck parked on a street"
+
+
+def switch(pipe, variant: str) -> None:
+    if variant in ("vae_tiling", "tiling_and_offload"):
+        pipe.vae.enable_tiling()
+    if variant == "vae_slicing":
+        pipe.vae.enable_slicing()
+    if variant == "attention_slicing":
+        pipe.enable_attention_slicing()
+    if variant in ("model_cpu_offload", "tiling_and_offload"):
+        pipe.enable_model_cpu_offload(device="cuda")
+
+
+def run(variant: str, h: int, w: int, batch: int = 1, dtype: str = "float16", steps: int = 10) -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before_build = torch.cuda.memory_allocated()
+    pipe = build_pipeline(device="cuda", dtype=dtype, weights="random")
+    image = Image.new("RGB", (w, h), (120, 90, 60))
+    start = time.perf_counter()
+    try:
+        switch(pipe, variant)
+        torch.cuda.synchronize()
+        loaded = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run_pipeline(pipe, image, PROMPT, Settings(steps=steps, batch=batch, safety_checker=True))
+        torch.cuda.synchronize()
+        result = {"peak_allocated": torch.cuda.max_memory_allocated(),
+                  "peak_reserved": torch.cuda.max_memory_reserved()}
+    except Exception as exc:  # noqa: BLE001 -- a variant that fails is a result too
+        loaded = torch.cuda.memory_allocated()
+        result = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    result.update(before_build=before_build, variant=variant, h=h, w=w, batch=batch, dtype=dtype, steps=steps,
+                  loaded=loaded, s=round(time.perf_counter() - start, 2))
+    print(json.dumps(result), flush=True)
+    del pipe
+
+
+def main() -> None:
+    for h, w in [(1024, 1024), (2048, 2048)]:
+        for variant in ["baseline", "vae_tiling", "model_cpu_offload", "tiling_and_offload"]:
+            run(variant, h, w)
+    run("attention_slicing", 1024, 1024)
+    run("baseline", 1024, 1024, batch=2)
+    run("vae_slicing", 1024, 1024, batch=2)
+    run("baseline", 1024, 1024, dtype="float32")
+    run("baseline", 768, 768)
+    run("vae_tiling", 1536, 1536)
+    run("baseline", 1536, 1536)
+
+
+if __name__ == "__main__":
+    main()

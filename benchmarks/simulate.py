@@ -1,13 +1,16 @@
-"""Time `sdvram simulate`: the whole process for 512, 1024 and 2048 px, and a 15-size sweep that builds the
-models once. Prints figures; asserts nothing.
+"""Time `sdvram simulate` and measure its host memory: the whole process for 512, 1024 and 2048 px; the peak RSS at
+2048 x 2048 and at 16384 x 16384 batch 64 (the image is a shape, never pixels on the host); what the allocator model
+costs; and a 15-size sweep that builds the models once.
 
 Usage: python benchmarks/simulate.py [RUNS]   (default 1 whole-process run per size)
-Targets from the issue, on the 2-core development machine: under 10 s per whole process; the sweep under
-60 s including its imports.
+Targets (issues), on the 2-core development machine: under 10 s per whole process at 2048 x 2048, of which the
+allocator model at most 1 s; under 2 GB of host memory at 16384 x 16384 batch 64; the sweep under 60 s.
+Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,36 +31,70 @@ def whole_process(runs: int) -> None:
         times = []
         for _ in range(runs):
             start = time.perf_counter()
-            subprocess.run([script, "simulate", "--h", str(size), "--w", str(size)], check=True,
-                           capture_output=True)
+            subprocess.run([script, "simulate", "--h", str(size), "--w", str(size)], check=True, capture_output=True)
             times.append(time.perf_counter() - start)
-        print(f"sdvram simulate --h {size} --w {size}: median {statistics.median(times):.1f} s "
-              f"over {runs} run(s) (whole process: imports, build on meta, simulation, table)")
+        print(f"sdvram simulate --h {size} --w {size}: median {statistics.median(times):.1f} s over {runs} run(s) "
+              "(whole process: imports, build on meta, simulation, table)")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import sdvram.simulate"], check=True)
     print(f"of which importing torch, diffusers and transformers: {time.perf_counter() - start:.1f} s")
+    for args in (["--h", "2048", "--w", "2048"], ["--h", "16384", "--w", "16384", "--batch", "64"]):
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", script, "simulate", *args], capture_output=True,
+                              text=True, check=False)
+        peak_kib = int(proc.stderr.strip().splitlines()[-1])
+        answer = proc.stdout.splitlines()[0] if proc.stdout else proc.stderr.strip()
+        print(f"sdvram simulate {' '.join(args)}: peak host memory {peak_kib / 1024:.0f} MiB (max RSS); {answer}")
+
+
+def allocator_cost() -> None:
+    """The same simulation with the allocator model and with a plain live-bytes accountant."""
+    from sdvram import simulate as sim_module
+    from sdvram.accounting import LiveBytes
+    from sdvram.gpus import GPUS
+    from sdvram.requests import RunRequest
+    from sdvram.simulate import SimulateOptions, Simulator
+
+    simulator = Simulator()
+    request = RunRequest(height=2048, width=2048)
+    options = SimulateOptions(GPUS["h100"])
+    simulator.run(request, options)  # warm the op cache, as a sweep's later points are
+    start = time.perf_counter()
+    simulator.run(request, options)
+    with_model = time.perf_counter() - start
+    real = sim_module.AllocatorAccountant
+    sim_module.AllocatorAccountant = lambda allocator: LiveBytes(512)  # type: ignore[assignment,misc]
+    try:
+        start = time.perf_counter()
+        simulator.run(request, options)
+        without = time.perf_counter() - start
+    finally:
+        sim_module.AllocatorAccountant = real
+    print(f"2048 x 2048 simulation: {with_model:.2f} s with the allocator model, {without:.2f} s summing live bytes: "
+          f"the model adds {with_model - without:.2f} s")
 
 
 def sweep() -> None:
     start = time.perf_counter()
     from sdvram.gpus import GPUS
-    from sdvram.profiler import ProfileRequest
+    from sdvram.requests import RunRequest
     from sdvram.simulate import SimulateOptions, Simulator
 
     imported = time.perf_counter()
-    simulator = Simulator("sd15", "float16", True)
+    simulator = Simulator()
     built = time.perf_counter()
     options = SimulateOptions(GPUS["h100"])
     for height, width in SWEEP:
         t0 = time.perf_counter()
-        record = simulator.run(ProfileRequest(height=height, width=width, weights="random", dtype="float16"), options)
-        print(f"  {width}x{height}: peak {record.peak_allocated / 1024**3:.3f} GiB in {record.peak_stage}, "
+        record = simulator.run(RunRequest(height=height, width=width), options)
+        print(f"  {width} x {height}: peak {record.peak_allocated / 1024**3:.3f} GiB in {record.peak_stage}, "
               f"{time.perf_counter() - t0:.2f} s")
     done = time.perf_counter()
     print(f"sweep of {len(SWEEP)} sizes: {done - start:.1f} s in all (imports {imported - start:.1f} s, "
-          f"build {built - imported:.1f} s, simulations {done - built:.1f} s)")
+          f"build {built - imported:.1f} s, simulations {done - built:.1f} s); this process's peak host memory "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
     whole_process(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    allocator_cost()
     sweep()

@@ -14,7 +14,7 @@ pytest.importorskip("diffusers")
 
 from sdvram.choices import DType  # noqa: E402
 from sdvram.gpus import GPUS  # noqa: E402
-from sdvram.requests import RunRequest, Settings  # noqa: E402
+from sdvram.requests import RunRequest, Settings, request_from_record  # noqa: E402
 from sdvram.simulate import SimulateOptions, Simulator  # noqa: E402
 
 from .conftest import MEASURED, REPO  # noqa: E402
@@ -23,15 +23,7 @@ PROFILES = sorted((MEASURED / "profiles").glob("*.json"))
 
 
 def request_of(record: dict) -> RunRequest:
-    """The run a version-1 profile record describes (the records made before the run engine)."""
-    inputs, settings = record["inputs"], record["settings"]
-    image = REPO / inputs["image"] if inputs["image"] else None
-    return RunRequest(
-        image=image, height=None if image else inputs["height"], width=None if image else inputs["width"],
-        prompt=inputs["prompt"], dtype=DType(settings["dtype"]),
-        settings=Settings(steps=settings["steps"], strength=settings["strength"], guidance=settings["guidance"],
-                          batch=settings["batch"], seed=settings["seed"], safety_checker=settings["safety_checker"]),
-    )
+    return request_from_record(record, REPO)
 
 
 def within(measured: int, simulated: int, share: float) -> bool:

@@ -100,9 +100,9 @@ def test_explain_adds_up_to_each_peak(sd15_512) -> None:
         assert data["total"] == stage.peak_allocated
         assert sum(group["bytes"] for group in data["groups"]) == stage.peak_allocated
     groups = explained["vae_decode"]["groups"]
-    workspace = [g for g in groups if g["module"].endswith("(cuDNN workspace)")]
+    workspace = [g for g in groups if g["kind"] == "cuDNN workspace"]
     assert len(workspace) == 1 and workspace[0]["module"].startswith("vae.decoder.up_blocks.")
-    tensors = [g for g in groups if not g["module"].endswith(("weights", "workspace)"))]
+    tensors = [g for g in groups if g["kind"] == "tensors"]
     assert tensors[0]["module"].startswith("vae.decoder.up_blocks.")  # full-resolution feature maps
 
 

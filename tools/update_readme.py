@@ -1,7 +1,7 @@
 """Re-run every example in README.md and put its real output back in place.
 
 Each ```console block in README.md holds one or more lines starting with "$ "; this runs each such command
-with bash from the repository root (COLUMNS=110, so rich tables have a stable width), stdout and stderr
+with bash from the repository root (COLUMNS=80, the width sdvram lays its output out for), stdout and stderr
 together as a terminal shows them, and rewrites the block as the commands followed by their output.
 Run it after changing anything the examples print: ``python tools/update_readme.py``. Needs sdvram
 installed with the profile extra.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 README = Path("README.md")
 BLOCK = re.compile(r"```console\n(.*?)```", re.DOTALL)
-WIDTH = "110"  # columns for rich's tables in the examples
+WIDTH = "80"  # columns for the examples: what sdvram is laid out for
 
 
 def run(command: str) -> str:

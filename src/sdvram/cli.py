@@ -4,7 +4,6 @@ the result, maps failures to exit codes. No decisions beyond those.
 The library names parameters (``height``); ``FLAGS`` spells them as this interface's flags in messages.
 """
 
-from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Sequence

@@ -99,7 +99,9 @@ def run_pipeline(pipe: Any, image: Any, prompt: str, settings: Settings, output_
     """One img2img call with ``settings``; returns the pipeline output. ``image`` is a PIL image (given once
     per generated image) or an already preprocessed (batch, 3, H, W) tensor (the simulation's)."""
     device = pipe.unet.device
-    generator = torch.Generator("cpu" if device.type == "meta" else device).manual_seed(settings.seed)
+    # On meta no values exist: no generator, so that the noise is made on meta too (a CPU generator would make
+    # diffusers draw it on the host: 2 GB at 16384 x 16384, batch 64). Elsewhere a generator on the device.
+    generator = None if device.type == "meta" else torch.Generator(device).manual_seed(settings.seed)
     pipe.set_progress_bar_config(disable=True)
     return pipe(
         prompt=prompt,

@@ -26,6 +26,7 @@ TOKEN_SOURCES = {"tokens": "given", "prompt": "counted from the prompt", "manife
 OVERHEAD_LABEL = f"x{OVERHEAD_NUMERATOR / OVERHEAD_DENOMINATOR:g} overhead"
 EXPLAIN_GROUPS = 12  # module groups listed per peak; the rest are summed in one line
 MODULE_WIDTH = 34  # characters of a module path in --explain tables, so that the numbers fit 80 columns
+LARGEST_WIDTH = 22  # characters of its "what" cell: a shape and dtype, or a workspace's name
 NOT_MODELLED = (
     "Memory other processes hold on the card, and the driver's own reservations (nvidia-smi's memory.used "
     "for the whole device exceeds this process's figure by a few hundred MiB).",
@@ -87,8 +88,8 @@ def answer_line(record: Record, units: Units) -> Text:
         usable = format_bytes(sim.fit.capacity, units)
         if sim.fit.fits:
             return Text(f"Fits {sim.gpu}: peak {peak} of {usable} usable ({where}, {stage})", style="bold green")
-        return Text(f"Does NOT fit {sim.gpu}: needs {peak}, {usable} usable (out of memory in the "
-                    f"{label(sim.fit.failed_stage)})", style="bold red")
+        return Text(f"Does NOT fit {sim.gpu}: needs {peak}, {usable} usable ({label(sim.fit.failed_stage)})",
+                    style="bold red")
     if record.status == "out_of_memory":
         return Text(f"Out of memory in the {label(record.failed_stage)} stage: {peak} allocated at the peak so far",
                     style="bold red")
@@ -246,14 +247,15 @@ def explain_tables(record: Record, units: Units, groups: int = EXPLAIN_GROUPS) -
         table = Table(title=f"Live at {title}: {format_bytes(data['total'], units)}", title_justify="left",
                       box=box.SIMPLE_HEAD)
         table.add_column("made by", no_wrap=True, max_width=MODULE_WIDTH)
-        table.add_column("n", justify="right")
-        table.add_column(unit, justify="right")
-        table.add_column("largest", overflow="ellipsis", no_wrap=True)
+        table.add_column("n", justify="right", no_wrap=True)
+        table.add_column(unit, justify="right", no_wrap=True)
+        table.add_column("what (largest)", overflow="ellipsis", no_wrap=True, max_width=LARGEST_WIDTH)
         for group in data["groups"][:groups]:
-            largest = ", ".join(f"{'x'.join(map(str, t['shape']))} {t['dtype']}" for t in group["tensors"][:2]
+            largest = ", ".join(f"{'x'.join(map(str, t['shape']))} {t['dtype']}" for t in group["tensors"][:1]
                                 if t["shape"])
+            what = largest if group.get("kind", "tensors") == "tensors" else group["kind"]
             table.add_row(short_module(group["module"]), str(group["count"]), format_number(group["bytes"], units),
-                          largest)
+                          what)
         rest = data["groups"][groups:]
         if rest:
             table.add_row(f"{len(rest)} other modules", str(sum(g["count"] for g in rest)),

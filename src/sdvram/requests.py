@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdvram.architecture import DEFAULT_MODEL, MIN_SIDE
 from sdvram.choices import Architecture, DType, Weights
@@ -103,3 +104,18 @@ def check_profile_options(options: ProfileOptions, architecture: Architecture) -
     device = options.device
     if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise InputError("{device} must be cuda, cuda:N or cpu; got '{got}'.", params=("device",), got=device)
+
+
+def request_from_record(record: dict[str, Any], root: Path | None = None) -> RunRequest:
+    """The run a profile or simulation record describes (version 1, the records made before the run engine,
+    or version 2): the image (relative paths under ``root``) or size, the prompt, the dtype and the settings."""
+    inputs, settings = record["inputs"], record["settings"]
+    image = Path(inputs["image"]) if inputs.get("image") else None
+    if image is not None and root is not None and not image.is_absolute():
+        image = root / image
+    return RunRequest(
+        image=image, height=None if image else inputs["height"], width=None if image else inputs["width"],
+        prompt=inputs["prompt"], dtype=DType(settings["dtype"]), architecture=Architecture(settings["architecture"]),
+        settings=Settings(steps=settings["steps"], strength=settings["strength"], guidance=settings["guidance"],
+                          batch=settings["batch"], seed=settings["seed"], safety_checker=settings["safety_checker"]),
+    )

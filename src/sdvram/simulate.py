@@ -501,13 +501,15 @@ def explain(snapshot: Snapshot) -> dict[str, Any]:
     the peak (the JSON form of ``--explain``)."""
     groups: dict[str, dict[str, Any]] = {}
     for alloc in snapshot.allocations:
-        name = alloc.owner if alloc.kind in ("tensor", "weights") else f"{alloc.owner} ({alloc.kind})"
-        group = groups.setdefault(name, {"module": name, "bytes": 0, "count": 0, "tensors": []})
+        kind = "tensors" if alloc.kind in ("tensor", "weights") else alloc.kind
+        group = groups.setdefault(f"{alloc.owner}\0{kind}", {"module": alloc.owner, "kind": kind, "bytes": 0,
+                                                              "count": 0, "tensors": []})
         group["bytes"] += alloc.charged
         group["count"] += 1
         group["tensors"].append({"shape": list(alloc.shape), "dtype": alloc.dtype, "bytes": alloc.charged})
     for owner, size, count in snapshot.resident:
-        groups[owner] = {"module": owner, "bytes": size, "count": count, "tensors": []}
+        groups[owner] = {"module": owner, "kind": "weights" if owner.endswith(" weights") else "kept",
+                         "bytes": size, "count": count, "tensors": []}
     ordered = sorted(groups.values(), key=lambda g: g["bytes"], reverse=True)
     for group in ordered:
         group["tensors"] = sorted(group["tensors"], key=lambda t: t["bytes"], reverse=True)[:EXPLAIN_TENSORS]

@@ -15,7 +15,8 @@ engine and PyTorch allocates the workspace that engine asks for through the cach
 output, and frees it when the convolution returns. NVIDIA's tensor-core convolutions work in NHWC; on NCHW
 tensors cuDNN's engines transform the input, the output and the filters into the workspace. The rule
 below, ``conv_workspace``, is that transform, derived from 972 convolution calls measured on an H200
-(sm90, cuDNN 9.19, fp16, ``docs/measurements/convs.jsonl``; fp32, bf16 and batch-2 tables beside it) and
+(sm90, cuDNN 9.19, fp16, ``docs/measurements/h200-2026-11-26/convs.jsonl``; fp32, bf16 and batch-2 tables
+beside it) and
 from the exact requests in the two allocator traces in ``tests/data/``; ``docs/simulate.md`` states the
 evidence. It is measured on sm90 only; for other GPUs the simulation applies it and says so.
 """

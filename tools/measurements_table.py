@@ -1,0 +1,54 @@
+"""Print the markdown table of docs/measurements/README.md: every profile record of a measurement folder beside
+the seed formula and the simulation of its own settings for the card it was measured on.
+
+usage: python tools/measurements_table.py [FOLDER]    (default docs/measurements/h200-2026-11-26)
+Needs the profile extra (it runs the simulator); the GPU key is taken from the folder's records' GPU name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from sdvram.gpus import GPUS, find_gpu
+from sdvram.requests import request_from_record
+from sdvram.simulate import SimulateOptions, Simulator
+
+GIB = 1024**3
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gib(value: int | None) -> str:
+    return "" if value is None else f"{value / GIB:.4f}"
+
+
+def main(folder: Path) -> None:
+    records = [(path, json.loads(path.read_text())) for path in sorted((folder / "profiles").glob("*.json"))]
+    gpu = find_gpu(records[0][1]["environment"]["gpu_name"].replace("NVIDIA ", "")) if records else GPUS["h200"]
+    simulators: dict[tuple, Simulator] = {}
+    print("| record | stage | seed formula | simulated | measured | simulated - measured |")
+    print("|---|---|---:|---:|---:|---:|")
+    for path, record in records:
+        request = request_from_record(record, ROOT)
+        key = (request.architecture, request.resolved_dtype(True), request.settings.safety_checker)
+        simulator = simulators.setdefault(key, Simulator(*key))
+        simulated = simulator.run(request, SimulateOptions(gpu))
+        for stage in record["stages"]:
+            twin = simulated.stage(stage["name"])
+            print(f"| {path.stem} | {twin.label} | {gib(stage.get('formula'))} | {gib(twin.peak_allocated)} | "
+                  f"{gib(stage['peak_allocated'])} | {twin.peak_allocated - stage['peak_allocated']:+,} B |")
+        print(f"| {path.stem} | whole run: peak allocated | {gib(record['formula']['bytes']['total'])} | "
+              f"{gib(simulated.peak_allocated)} | {gib(record['peak_allocated'])} | "
+              f"{simulated.peak_allocated - record['peak_allocated']:+,} B |")
+        share = (simulated.peak_reserved - record["peak_reserved"]) / record["peak_reserved"] * 100
+        print(f"| {path.stem} | peak reserved | | {gib(simulated.peak_reserved)} | {gib(record['peak_reserved'])} | "
+              f"{share:+.2f}% |")
+        smi = simulated.predicted_nvidia_smi or 0
+        share = (smi - record["process_peak"]) / record["process_peak"] * 100
+        print(f"| {path.stem} | nvidia-smi, this process | | {gib(smi)} | {gib(record['process_peak'])} | "
+              f"{share:+.2f}% |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "measurements" / "h200-2026-11-26")

@@ -15,21 +15,17 @@ import time
 import torch
 from PIL import Image
 
-from sdvram.pipeline import build_pipeline, run_pipeline
+from sdvram.choices import Offload
+from sdvram.pipeline import apply_switches, build_pipeline, run_pipeline
 from sdvram.requests import Settings
 
 PROMPT = "a photo of a truck parked on a street"
-
-
-def switch(pipe, variant: str) -> None:
-    if variant in ("vae_tiling", "tiling_and_offload"):
-        pipe.vae.enable_tiling()
-    if variant == "vae_slicing":
-        pipe.vae.enable_slicing()
-    if variant == "attention_slicing":
-        pipe.enable_attention_slicing()
-    if variant in ("model_cpu_offload", "tiling_and_offload"):
-        pipe.enable_model_cpu_offload(device="cuda")
+# Each variant as the settings sdvram gives its switches (tests/test_measurements.py maps them back)
+SWITCHES = {
+    "baseline": {}, "vae_tiling": {"vae_tiling": True}, "vae_slicing": {"vae_slicing": True},
+    "attention_slicing": {"attention_slicing": "auto"}, "model_cpu_offload": {"offload": Offload.model},
+    "tiling_and_offload": {"vae_tiling": True, "offload": Offload.model},
+}
 
 
 def run(variant: str, h: int, w: int, batch: int = 1, dtype: str = "float16", steps: int = 10) -> None:
@@ -41,11 +37,12 @@ def run(variant: str, h: int, w: int, batch: int = 1, dtype: str = "float16", st
     image = Image.new("RGB", (w, h), (120, 90, 60))
     start = time.perf_counter()
     try:
-        switch(pipe, variant)
+        settings = Settings(steps=steps, batch=batch, safety_checker=True, **SWITCHES[variant])
+        apply_switches(pipe, settings, "cuda")
         torch.cuda.synchronize()
         loaded = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        run_pipeline(pipe, image, PROMPT, Settings(steps=steps, batch=batch, safety_checker=True))
+        run_pipeline(pipe, image, PROMPT, settings)
         torch.cuda.synchronize()
         result = {"peak_allocated": torch.cuda.max_memory_allocated(),
                   "peak_reserved": torch.cuda.max_memory_reserved()}

@@ -21,7 +21,7 @@ from typing import Any
 
 from sdvram.estimate import Estimate, estimate
 from sdvram.record import Record, RunInputs, RunSettings, StageRecord
-from sdvram.requests import RunRequest, Settings, check_request
+from sdvram.requests import SWITCH_STAGES, RunRequest, Settings, check_request
 from sdvram.stages import BY_NAME, label
 
 Progress = Callable[[int, int], None]  # (UNet calls done, UNet calls expected)
@@ -172,19 +172,23 @@ def new_record(kind: str, request: RunRequest, formula: Estimate, *, device: str
             steps=settings.steps, strength=settings.strength, guidance=settings.guidance, batch=settings.batch,
             seed=settings.seed, safety_checker=settings.safety_checker, dtype=dtype,
             architecture=request.architecture.value, device=device, weights=weights, model=model,
-            attention=attention,
+            attention=attention, vae_tiling=settings.vae_tiling, vae_slicing=settings.vae_slicing,
+            attention_slicing=settings.attention_slicing, offload=settings.offload.value,
         ),
         environment={"python": platform.python_version(), **versions()},
         formula=formula.to_json(),
     )
 
 
-def finish_record(record: Record, recorder: StageRecorder, formula: Estimate) -> None:
-    """Stages, overall peaks, the formula's figure beside each stage, and the known reasons they differ."""
+def finish_record(record: Record, recorder: StageRecorder, formula: Estimate, settings: Settings) -> None:
+    """Stages, overall peaks, the formula's figure and the switches beside each stage, and the known reasons
+    the run and the formula differ."""
     terms = formula.seed.stage_bytes()
     for stage in recorder.stages:
         term = BY_NAME[stage.name].formula if stage.name in BY_NAME else None
         stage.formula = terms[term] if term else None
+        stage.switches = [name for name in settings.switches
+                          if SWITCH_STAGES[name] is None or stage.name in (SWITCH_STAGES[name] or ())]
     record.stages = recorder.stages
     record.peak_allocated = recorder.peak_allocated
     record.peak_reserved = recorder.peak_reserved

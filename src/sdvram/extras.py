@@ -5,13 +5,15 @@ from __future__ import annotations
 import importlib.util
 
 PROFILE_MODULES = ("torch", "diffusers", "transformers")  # what `pip install 'sdvram[profile]'` brings
+OFFLOAD_MODULES = ("accelerate",)  # the profile extra's too; only a real run with CPU offload needs it
 
 
-def require_profile_extra() -> None:
-    """Raise ``MissingExtraError`` naming the first module of the profile extra that cannot be imported."""
+def require_profile_extra(modules: tuple[str, ...] = PROFILE_MODULES) -> None:
+    """Raise ``MissingExtraError`` naming the first of ``modules`` (of the profile extra) that cannot be
+    imported."""
     from sdvram.errors import MissingExtraError
 
-    for module in PROFILE_MODULES:
+    for module in modules:
         try:
             found = importlib.util.find_spec(module) is not None  # finds without importing (torch takes seconds)
         except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken install

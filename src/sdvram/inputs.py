@@ -98,3 +98,34 @@ def parse_guidance(value: str | float, param: str = "guidance") -> float:
         raise InputError(f"{{{param}}} must be from 0 to {{high:g}}; got {{got:g}}.", params=(param,),
                          high=MAX_GUIDANCE, got=number)
     return number
+
+
+def parse_attention_slicing(value: str | int | None, param: str = "attention_slicing") -> str | int | None:
+    """diffusers' ``enable_attention_slicing(slice_size)``: "auto" (half the heads a slice), "max" (one head
+    a slice) or a whole number of heads per slice; None: off."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ("auto", "max"):
+        return text
+    try:
+        number = int(text, 10)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InputError(f"{{{param}}} must be auto, max or a whole number of heads per slice, 1 or more; got "
+                         "'{got}'.", params=(param,), got=value)
+    return number
+
+
+def parse_aspect(value: str, param: str = "aspect") -> tuple[int, int]:
+    """An aspect ratio as typed, width to height: "3:2", "16:9", "1:1"."""
+    parts = str(value).strip().split(":")
+    try:
+        width, height = (int(part, 10) for part in parts)
+    except ValueError:
+        width = height = 0
+    if width < 1 or height < 1 or max(width, height) > MAX_SIDE:
+        raise InputError(f"{{{param}}} must be width:height in whole numbers from 1, such as 3:2 or 16:9; got "
+                         "'{got}'.", params=(param,), got=value)
+    return width, height

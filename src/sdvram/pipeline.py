@@ -35,6 +35,7 @@ except ImportError:  # older transformers: the one class, Pillow-based
     from transformers import CLIPImageProcessor as ImageProcessor  # type: ignore[assignment]
 
 from sdvram.architecture import CLIP_MAX_TOKENS, DEFAULT_MODEL, component_config
+from sdvram.choices import Offload
 from sdvram.errors import InputError
 from sdvram.requests import Settings
 from sdvram.tokenizer import clip_vocab
@@ -98,7 +99,7 @@ def clip_tokenizer() -> CLIPTokenizer:
 def run_pipeline(pipe: Any, image: Any, prompt: str, settings: Settings, output_type: str = "pil") -> Any:
     """One img2img call with ``settings``; returns the pipeline output. ``image`` is a PIL image (given once
     per generated image) or an already preprocessed (batch, 3, H, W) tensor (the simulation's)."""
-    device = pipe.unet.device
+    device = pipe._execution_device  # where the models run: with CPU offload, the GPU their hooks move them to
     # On meta no values exist: no generator, so that the noise is made on meta too (a CPU generator would make
     # diffusers draw it on the host: 2 GB at 16384 x 16384, batch 64). Elsewhere a generator on the device.
     generator = None if device.type == "meta" else torch.Generator(device).manual_seed(settings.seed)
@@ -143,3 +144,26 @@ def _load_pretrained(model: str, device: str, dtype: torch.dtype, safety_checker
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def apply_switches(pipe: Any, settings: Settings, device: str) -> None:
+    """Turn on diffusers' memory-saving switches as a user would: ``pipe.vae.enable_tiling()``,
+    ``pipe.vae.enable_slicing()``, ``pipe.enable_attention_slicing(size)``, and model or sequential CPU offload
+    (accelerate's hooks; the models are moved to the CPU first, the safety checker stays on ``device``)."""
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    if settings.vae_slicing:
+        pipe.vae.enable_slicing()
+    if settings.attention_slicing is not None:
+        pipe.enable_attention_slicing(settings.attention_slicing)
+    if settings.offload is Offload.model:
+        pipe.enable_model_cpu_offload(device=device)
+    elif settings.offload is Offload.sequential:
+        pipe.enable_sequential_cpu_offload(device=device)
+
+
+def reset_switches(pipe: Any) -> None:
+    """Turn the VAE and attention switches off again (a simulator reuses its pipeline between runs)."""
+    pipe.vae.disable_tiling()
+    pipe.vae.disable_slicing()
+    pipe.disable_attention_slicing()

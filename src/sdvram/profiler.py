@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 
 from sdvram.accounting import LiveBytes
-from sdvram.choices import Weights
+from sdvram.choices import Offload, Weights
 from sdvram.engine import Progress, StageRecorder, finish_record, new_record, resolve, run_instrumented, track_weights
 from sdvram.errors import InputError, NoCudaError
 from sdvram.images import load_rgb
 from sdvram.meters import CudaMeter, LiveTensorMeter, Meter
-from sdvram.pipeline import BUILD_ORDER, build_pipeline
+from sdvram.pipeline import BUILD_ORDER, apply_switches, build_pipeline
 from sdvram.record import Record
-from sdvram.requests import ProfileOptions, RunRequest, check_profile_options
+from sdvram.requests import ProfileOptions, RunRequest, check_profile_options, check_switches_on_device
 from sdvram.stages import label
 from sdvram.units import format_bytes
 
@@ -64,6 +64,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def profile(request: RunRequest, options: ProfileOptions, progress: Progress | None = None) -> ProfileResult:
     """Run the pipeline once on ``options.device`` and record every stage."""
     check_profile_options(options, request.architecture)
+    check_switches_on_device(request.settings, options.device)
     formula = resolve(request)
     device = check_device(options.device)
     on_gpu = device.type == "cuda"
@@ -78,9 +79,14 @@ def profile(request: RunRequest, options: ProfileOptions, progress: Progress | N
     with meter:
         try:
             with recorder.stage("load"):
-                pipe = build_pipeline(device=str(device), dtype=dtype.value, weights=options.weights.value,
-                                      model=options.resolved_model or "", architecture=request.architecture.value,
+                # With CPU offload the models start on the CPU, as from_pretrained leaves them, and the switch
+                # moves them to the device as they run; otherwise they are built on the device.
+                offloaded = request.settings.offload is not Offload.none
+                pipe = build_pipeline(device="cpu" if offloaded else str(device), dtype=dtype.value,
+                                      weights=options.weights.value, model=options.resolved_model or "",
+                                      architecture=request.architecture.value,
                                       safety_checker=request.settings.safety_checker)
+                apply_switches(pipe, request.settings, str(device))
             if isinstance(meter, LiveTensorMeter):
                 order = BUILD_ORDER if options.weights is Weights.random else tuple(pipe.components)
                 track_weights(meter, pipe, order)
@@ -94,7 +100,7 @@ def profile(request: RunRequest, options: ProfileOptions, progress: Progress | N
         record.environment.update(meter.environment())
         record.device_peak = meter.device_peak()
         record.process_peak = getattr(meter, "process_peak", None)
-    finish_record(record, recorder, formula)
+    finish_record(record, recorder, formula, request.settings)
     image = output.images[0] if record.status == "completed" and output is not None else None
     return ProfileResult(record, image)
 

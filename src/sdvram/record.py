@@ -30,6 +30,7 @@ class StageRecord:
     peak_call: int | None = None
     formula: int | None = None  # the seed formula's figure for this stage (None: the formula has no term)
     completed: bool = True
+    switches: list[str] = field(default_factory=list)  # the memory-saving switches that acted in this stage
 
     @property
     def activation(self) -> int:
@@ -78,6 +79,10 @@ class RunSettings:
     weights: str  # "pretrained" or "random"
     model: str | None  # the model loaded (pretrained weights only)
     attention: str  # "auto" (PyTorch's choice) or the one SDPA kernel allowed
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    attention_slicing: str | int | None = None
+    offload: str = "none"
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class Simulation:
     assumptions: list[str] = field(default_factory=list)  # what the models took from elsewhere
     fit: Fit | None = None
     explain: dict[str, Any] | None = None
+    advice: list[dict[str, Any]] | None = None  # when it does not fit: each combination of switches, cheapest first
 
 
 @dataclass

@@ -9,9 +9,27 @@ from pathlib import Path
 from typing import Any
 
 from sdvram.architecture import DEFAULT_MODEL, MIN_SIDE
-from sdvram.choices import Architecture, DType, Weights
+from sdvram.choices import Architecture, DType, Offload, Weights
 from sdvram.errors import InputError
-from sdvram.inputs import parse_batch, parse_guidance, parse_seed, parse_side, parse_steps, parse_strength
+from sdvram.inputs import (
+    parse_attention_slicing,
+    parse_batch,
+    parse_guidance,
+    parse_seed,
+    parse_side,
+    parse_steps,
+    parse_strength,
+)
+
+# The switches in the order of what they cost a user: VAE slicing (nothing, batch > 1 only), VAE tiling (time, and
+# faint seams), attention slicing (time), model offload (a model moved per stage), sequential offload (every
+# layer moved at every call: slow).
+SWITCH_ORDER = ("vae_slicing", "vae_tiling", "attention_slicing", "model_offload", "sequential_offload")
+# The stages each switch acts in (offload moves the models in and out around every stage).
+SWITCH_STAGES = {"vae_slicing": ("vae_encode", "vae_decode"), "vae_tiling": ("vae_encode", "vae_decode"),
+                 "attention_slicing": ("unet",), "model_offload": None, "sequential_offload": None}
+SWITCH_LABELS = {"vae_slicing": "VAE slicing", "vae_tiling": "VAE tiling", "attention_slicing": "attention slicing",
+                 "model_offload": "model CPU offload", "sequential_offload": "sequential CPU offload"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,19 @@ class Settings:
     batch: int = 1
     seed: int = 0
     safety_checker: bool = False
+    # diffusers' memory-saving switches
+    vae_tiling: bool = False  # pipe.vae.enable_tiling()
+    vae_slicing: bool = False  # pipe.vae.enable_slicing()
+    attention_slicing: str | int | None = None  # pipe.enable_attention_slicing(slice_size): "auto", "max", N
+    offload: Offload = Offload.none  # pipe.enable_model_cpu_offload() / enable_sequential_cpu_offload()
+
+    @property
+    def switches(self) -> tuple[str, ...]:
+        """The switches that are on, by name, in the order a user pays for them (``SWITCH_ORDER``)."""
+        on = {"vae_slicing": self.vae_slicing, "vae_tiling": self.vae_tiling,
+              "attention_slicing": self.attention_slicing is not None,
+              "model_offload": self.offload is Offload.model, "sequential_offload": self.offload is Offload.sequential}
+        return tuple(name for name in SWITCH_ORDER if on[name])
 
     @property
     def denoising_steps(self) -> int:
@@ -88,6 +119,8 @@ def check_settings(settings: Settings) -> None:
     parse_guidance(settings.guidance)
     parse_batch(settings.batch)
     parse_seed(settings.seed)
+    parse_attention_slicing(settings.attention_slicing)
+    Offload(settings.offload)
     if settings.denoising_steps < 1:
         raise InputError("{steps} {n} at {strength} {s:g} leaves no denoising step (the pipeline runs "
                          "int(steps x strength) of them); raise either.", params=("steps", "strength"),
@@ -106,6 +139,14 @@ def check_profile_options(options: ProfileOptions, architecture: Architecture) -
         raise InputError("{device} must be cuda, cuda:N or cpu; got '{got}'.", params=("device",), got=device)
 
 
+def check_switches_on_device(settings: Settings, device: str) -> None:
+    """CPU offload moves models (or layers) between the CPU and a GPU: on the CPU there is nowhere to offload to
+    (accelerate's hooks would copy every weight from "cpu" to "cpu:0" and back, which no one runs)."""
+    if settings.offload is not Offload.none and device == "cpu":
+        raise InputError("{offload} moves the models between the CPU and a GPU; on the CPU there is nowhere to "
+                         "offload to: leave it out, or run on a GPU.", params=("offload",))
+
+
 def request_from_record(record: dict[str, Any], root: Path | None = None) -> RunRequest:
     """The run a profile or simulation record describes (version 1, the records made before the run engine,
     or version 2): the image (relative paths under ``root``) or size, the prompt, the dtype and the settings."""
@@ -117,5 +158,8 @@ def request_from_record(record: dict[str, Any], root: Path | None = None) -> Run
         image=image, height=None if image else inputs["height"], width=None if image else inputs["width"],
         prompt=inputs["prompt"], dtype=DType(settings["dtype"]), architecture=Architecture(settings["architecture"]),
         settings=Settings(steps=settings["steps"], strength=settings["strength"], guidance=settings["guidance"],
-                          batch=settings["batch"], seed=settings["seed"], safety_checker=settings["safety_checker"]),
+                          batch=settings["batch"], seed=settings["seed"], safety_checker=settings["safety_checker"],
+                          vae_tiling=settings.get("vae_tiling", False), vae_slicing=settings.get("vae_slicing", False),
+                          attention_slicing=settings.get("attention_slicing"),
+                          offload=Offload(settings.get("offload", "none"))),
     )

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import random
 from pathlib import Path
 
 import pytest
 
-from sdvram.allocator import AllocatorOutOfMemory, CachingAllocator, get_allocation_size, round_size, should_split
+from sdvram.allocator import (
+    AllocatorAccountant,
+    AllocatorOutOfMemory,
+    CachingAllocator,
+    get_allocation_size,
+    round_size,
+    should_split,
+)
 from sdvram.errors import InputError
+from sdvram.meters import Allocation, repeated_windows
 from sdvram.traces import load_trace, replay
 
 DATA = Path(__file__).parent / "data"
@@ -123,3 +132,86 @@ def test_a_file_that_is_not_a_trace_is_one_sentence(tmp_path: Path) -> None:
         pickle.dump(Path("x"), handle)  # a class instance: refused without being constructed
     with pytest.raises(InputError, match=r"plain data only"):
         load_trace(evil)
+
+
+def test_malloc_follows_round_size_and_should_split_on_a_random_sequence() -> None:
+    """``malloc`` writes the rules out for speed: every block it hands out is the request rounded, or a whole
+    free block whose remainder ``should_split`` would not keep."""
+    rng = random.Random(7)
+    allocator, live = CachingAllocator(), []
+    for _ in range(3000):
+        if live and rng.random() < 0.45:
+            allocator.free(live.pop(rng.randrange(len(live))))
+            continue
+        size = rng.choice([rng.randrange(1, 4096), rng.randrange(1, 2 * MIB), rng.randrange(1, 40 * MIB)])
+        block = allocator.malloc(size)
+        rounded = round_size(size)
+        assert block.size == rounded or not should_split(block.size, rounded, rounded <= MIB)
+        live.append(block)
+    assert allocator.allocated == sum(b.size for b in live)
+
+
+def events_with_repeated_windows(rng: random.Random) -> list[tuple]:
+    """A call's log: allocations kept, then 30 pixel-row windows (each frees all it makes), then more."""
+    events: list[tuple] = []
+    key = iter(range(1, 10**6))
+
+    def alloc(size: int) -> int:
+        k = next(key)
+        events.append(("alloc", k, Allocation(size, 0, "", (), "bytes", "tensor")))
+        return k
+
+    kept = [alloc(rng.randrange(1, 30 * MIB)) for _ in range(20)]
+    for _ in range(30):
+        a, b = alloc(3 * MIB), alloc(700_000)
+        events.append(("free", a))
+        c = alloc(5 * MIB)
+        events += [("free", b), ("free", c)]
+    for k in kept[::2]:
+        events.append(("free", k))
+    kept += [alloc(rng.randrange(1, 30 * MIB)) for _ in range(5)]
+    return events
+
+
+@pytest.mark.parametrize("capacity", [None, 400 * MIB], ids=["unlimited", "tight"])
+def test_replaying_a_program_equals_allocating_one_by_one(capacity: int | None) -> None:
+    """``replay_events`` runs a repeated net-zero window once (again only while it changes the segments): the
+    allocator must end exactly where allocating every event one by one leaves it, with the same peaks."""
+    events = events_with_repeated_windows(random.Random(3))
+    program = repeated_windows(events)
+    assert ("repeat", program[20][1], 30) == program[20]  # the 30 rows are one item
+
+    def prepared() -> tuple[CachingAllocator, AllocatorAccountant]:
+        allocator = CachingAllocator(capacity)
+        accountant = AllocatorAccountant(allocator)
+        for i in range(8):  # fragments to start from
+            accountant.alloc(("pre", i), (i + 1) * 3 * MIB)
+        for i in range(0, 8, 2):
+            accountant.free(("pre", i))
+        return allocator, accountant
+
+    one, by_one = prepared()
+    for event in events:
+        if event[0] == "alloc":
+            by_one.alloc(event[1], event[2].size)
+        else:
+            by_one.free(event[1])
+    other, at_once = prepared()
+    left, peaks = at_once.replay_events(program, iter(range(10**6, 2 * 10**6)), lambda info, exc: None)
+    assert len(left) == len(by_one._blocks) - 4
+    state = [(b.addr, b.size) for b in one.free_blocks()], dict(one.segments), one.allocated, one.reserved
+    assert state == ([(b.addr, b.size) for b in other.free_blocks()], dict(other.segments), other.allocated,
+                     other.reserved)
+    assert (one.peak_allocated, one.peak_reserved, one.peak_requested) == peaks
+    assert (one.cuda_frees > 0) == (capacity is not None)  # the tight card released cached segments
+
+
+def test_repeated_windows_keeps_what_is_not_a_window() -> None:
+    small, large = Allocation(512, 0, "", (), "bytes", "tensor"), Allocation(4096, 0, "", (), "bytes", "tensor")
+    events = [("alloc", 1, small), ("alloc", 3, small), ("free", 3), ("alloc", 4, small), ("free", 4),
+              ("alloc", 5, large), ("free", 5), ("free", 99)]
+    program = repeated_windows(events)
+    # 1 is kept (a call's output): a plain event; the windows of 3 and 4 make the same request (one item,
+    # twice); 5's is another; 99 was made before the log (a call's input freed): a plain event
+    assert [(item[0], item[2] if item[0] == "repeat" else None) for item in program] == [
+        ("event", None), ("repeat", 2), ("repeat", 1), ("event", None)]

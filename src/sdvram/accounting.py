@@ -40,6 +40,10 @@ class Accountant(Protocol):
         """What the live allocation ``key`` is charged now."""
         ...
 
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()``: give cached, wholly free memory back (nothing to do without a cache)."""
+        ...
+
 
 class LiveBytes:
     """Live bytes, each allocation rounded up to ``granularity``."""
@@ -66,3 +70,6 @@ class LiveBytes:
 
     def charged(self, key: Hashable) -> int:
         return self._sizes[key][0]
+
+    def empty_cache(self) -> None:
+        pass  # nothing is cached

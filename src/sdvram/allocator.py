@@ -28,8 +28,9 @@ which ``reset_peaks`` resets as ``torch.cuda.reset_peak_memory_stats()`` does.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 K_MIN_BLOCK_SIZE = 512  # kMinBlockSize: all sizes are rounded to at least 512 bytes
 K_SMALL_SIZE = 1_048_576  # kSmallSize: the largest "small" allocation is 1 MiB
@@ -46,11 +47,6 @@ def round_size(size: int) -> int:
     if size < K_MIN_BLOCK_SIZE:
         return K_MIN_BLOCK_SIZE
     return K_MIN_BLOCK_SIZE * ((size + K_MIN_BLOCK_SIZE - 1) // K_MIN_BLOCK_SIZE)
-
-
-def is_small(rounded: int) -> bool:
-    """``get_pool``: a rounded size of at most 1 MiB comes from the small pool."""
-    return rounded <= K_SMALL_SIZE
 
 
 def get_allocation_size(rounded: int) -> int:
@@ -126,22 +122,28 @@ class CachingAllocator:
 
     # -- the two calls a program makes -------------------------------------------------------------------
     def malloc(self, size: int) -> Block:
-        """``DeviceCachingAllocator::malloc`` for a request of ``size`` bytes (size > 0)."""
-        rounded = round_size(size)
-        small = is_small(rounded)
-        block = self._get_free_block(rounded, small)
-        if block is None:
-            block = self._alloc_block(rounded, small)
-        if should_split(block.size, rounded, small):
+        """``DeviceCachingAllocator::malloc`` for a request of ``size`` bytes (size > 0). The hot path of every
+        simulation: ``round_size``, ``get_pool``, ``get_free_block``, ``should_split`` and the pool insert are
+        written out here rather than called."""
+        rounded = K_MIN_BLOCK_SIZE if size < K_MIN_BLOCK_SIZE else \
+            (size + K_MIN_BLOCK_SIZE - 1) // K_MIN_BLOCK_SIZE * K_MIN_BLOCK_SIZE
+        small = rounded <= K_SMALL_SIZE
+        pool = self._free[small]
+        at = bisect_left(pool, (rounded, -1))
+        block = self._free_blocks.pop(pool.pop(at)[1]) if at < len(pool) else self._alloc_block(rounded, small)
+        remaining_size = block.size - rounded
+        if remaining_size >= K_MIN_BLOCK_SIZE if small else remaining_size > K_SMALL_SIZE:
             remaining = block
             block = Block(remaining.addr, rounded, small, remaining.segment)
-            block.prev, block.next = remaining.prev, remaining
-            if block.prev is not None:
-                block.prev.next = block
+            block.prev = prev = remaining.prev
+            block.next = remaining
+            if prev is not None:
+                prev.next = block
             remaining.prev = block
             remaining.addr += rounded
-            remaining.size -= rounded
-            self._insert_free(remaining)
+            remaining.size = remaining_size
+            insort(pool, (remaining_size, remaining.addr))
+            self._free_blocks[remaining.addr] = remaining
         block.allocated = True
         block.requested = size
         self.allocated += block.size
@@ -153,27 +155,33 @@ class CachingAllocator:
         return block
 
     def free(self, block: Block) -> None:
-        """``free`` then ``free_block``: the block returns to its pool, merged with free neighbours."""
+        """``free`` then ``free_block``: the block returns to its pool, merged with free neighbours (the pool
+        updates written out, as in ``malloc``)."""
         if not block.allocated:
             raise ValueError("block is not allocated")
         block.allocated = False
         self.allocated -= block.size
         self.requested -= block.requested
         block.requested = 0
-        for neighbour in (block.prev, block.next):
-            if neighbour is not None and not neighbour.allocated:
-                self._remove_free(neighbour)
-                if neighbour is block.prev:
-                    block.addr = neighbour.addr
-                    block.prev = neighbour.prev
-                    if block.prev is not None:
-                        block.prev.next = block
-                else:
-                    block.next = neighbour.next
-                    if block.next is not None:
-                        block.next.prev = block
-                block.size += neighbour.size
-        self._insert_free(block)
+        pool, free_blocks = self._free[block.small], self._free_blocks
+        prev, after = block.prev, block.next
+        if prev is not None and not prev.allocated:
+            del pool[bisect_left(pool, (prev.size, prev.addr))]
+            del free_blocks[prev.addr]
+            block.addr = prev.addr
+            block.prev = prev.prev
+            if prev.prev is not None:
+                prev.prev.next = block
+            block.size += prev.size
+        if after is not None and not after.allocated:
+            del pool[bisect_left(pool, (after.size, after.addr))]
+            del free_blocks[after.addr]
+            block.next = after.next
+            if after.next is not None:
+                after.next.prev = block
+            block.size += after.size
+        insort(pool, (block.size, block.addr))
+        free_blocks[block.addr] = block
 
     def empty_cache(self) -> None:
         """``torch.cuda.empty_cache()``: release every wholly free segment (``release_cached_blocks``)."""
@@ -184,14 +192,6 @@ class CachingAllocator:
         self.peak_allocated, self.peak_reserved, self.peak_requested = self.allocated, self.reserved, self.requested
 
     # -- the allocator's own steps -----------------------------------------------------------------------
-    def _get_free_block(self, rounded: int, small: bool) -> Block | None:
-        pool = self._free[small]
-        at = bisect_left(pool, (rounded, -1))
-        if at == len(pool):
-            return None
-        _, addr = pool.pop(at)
-        return self._free_blocks.pop(addr)
-
     def _alloc_block(self, rounded: int, small: bool) -> Block:
         segment_size = get_allocation_size(rounded)
         if not self._fits(segment_size):
@@ -226,10 +226,6 @@ class CachingAllocator:
                     del self.segments[block.segment]
                     self.reserved -= block.size
                     self.cuda_frees += 1
-
-    def _insert_free(self, block: Block) -> None:
-        insort(self._free[block.small], (block.size, block.addr))
-        self._free_blocks[block.addr] = block
 
     def _remove_free(self, block: Block) -> None:
         pool = self._free[block.small]
@@ -271,6 +267,61 @@ class AllocatorAccountant:
 
     def charged(self, key: Hashable) -> int:
         return self._blocks[key].size
+
+    def empty_cache(self) -> None:
+        self.allocator.empty_cache()
+
+    def replay_events(self, program: list[tuple[Any, ...]], keys: Iterator[int],
+                      refused: Callable[[Any, AllocatorOutOfMemory], None]) -> tuple[dict[int, int], tuple[int, ...]]:
+        """Make and free a logged sequence of allocations in one call: what a tracker would report one by one,
+        without its bookkeeping per event. ``program`` holds ``("event", ("alloc", log_key, info))``,
+        ``("event", ("free", log_key))`` and ``("repeat", window, count)`` (``meters.repeated_windows``: a
+        window frees all it allocates). A window that cudaMalloc'd and released nothing leaves the allocator as
+        it found it (the free blocks are the maximal free runs between the allocated blocks, which are the same
+        again), so a repetition of it would do exactly what it did: it is run once, or again only while it
+        changes the segments. ``refused(info, error)`` is called where the capacity refuses an allocation (it
+        may raise; else the allocation is retried). Returns the log keys of what is left live -> new keys from
+        ``keys``, and the peaks (allocated, reserved, requested) reached meanwhile."""
+        allocator = self.allocator
+        saved = allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested
+        allocator.reset_peaks()
+        malloc, free = allocator.malloc, allocator.free
+        blocks: dict[int, Block] = {}
+
+        def run(events: Sequence[tuple[Any, ...]]) -> None:
+            for event in events:
+                if event[0] == "alloc":
+                    try:
+                        blocks[event[1]] = malloc(event[2].size)
+                    except AllocatorOutOfMemory as exc:
+                        refused(event[2], exc)
+                        blocks[event[1]] = malloc(event[2].size)
+                else:
+                    free(blocks.pop(event[1]))
+
+        try:
+            for item in program:
+                if item[0] == "event":
+                    event = item[1]
+                    if event[0] == "free":
+                        free(blocks.pop(event[1]))
+                    else:
+                        run((event,))
+                    continue
+                for _ in range(item[2]):
+                    segments = allocator.cuda_mallocs, allocator.cuda_frees
+                    run(item[1])
+                    if (allocator.cuda_mallocs, allocator.cuda_frees) == segments:
+                        break
+        finally:
+            peaks = allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested
+            allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested = (
+                max(a, b) for a, b in zip(saved, peaks, strict=True))
+        left = {}
+        for log_key, block in blocks.items():
+            key = left[log_key] = next(keys)
+            self._blocks[key] = block
+        return left, peaks
 
     def lift_capacity(self) -> None:
         """Let the run go on past an out-of-memory, to show what it would need."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -51,14 +51,23 @@ from sdvram.attention import (
     needs_flash_padding,
     needs_output_accumulator,
 )
-from sdvram.choices import Architecture, DType, Kernel
+from sdvram.choices import Architecture, DType, Kernel, Offload
 from sdvram.engine import Progress, StageRecorder, finish_record, new_record, patched, resolve, run_instrumented
 from sdvram.errors import InputError
 from sdvram.gpus import GpuSpec
-from sdvram.meters import Allocation, EventLog, LiveTensorMeter, Snapshot, call_key, strided_nbytes, template_of
-from sdvram.pipeline import BUILD_ORDER, build_pipeline
+from sdvram.meters import (
+    Allocation,
+    EventLog,
+    LiveTensorMeter,
+    Snapshot,
+    StopRun,
+    call_key,
+    strided_nbytes,
+    template_of,
+)
+from sdvram.pipeline import BUILD_ORDER, apply_switches, build_pipeline, reset_switches
 from sdvram.record import Fit, Record, Simulation
-from sdvram.requests import RunRequest
+from sdvram.requests import RunRequest, Settings
 from sdvram.stages import label
 from sdvram.workspaces import Conv, conv_workspace, cublas_workspaces
 
@@ -74,6 +83,10 @@ class SimulateOptions:
     attention: Kernel = Kernel.auto  # auto: PyTorch's choice; else only that kernel, as sdpa_kernel allows
     explain: bool = False
     replay: bool = True  # replay UNet calls with the same shapes from their log (exact; off to check that)
+    stop_at_failure: bool = False  # end the run at the first request that does not fit (a search's quick "no")
+    # The process ran a matrix multiply before this pipeline was built (a harness running variants one after
+    # another, as tools/gpu_variants.py does): the cuBLAS workspaces are held before the weights load.
+    warm_process: bool = False
 
 
 class Simulator:
@@ -128,7 +141,7 @@ class Simulator:
             "meta", accountant, cache=self._op_cache, explain=options.explain,
             owner=lambda: stack[-1] if stack else "pipeline",
             library=libraries,
-            on_failure=lambda allocation: recorder_box[0].stage_name,
+            on_failure=lambda allocation: recorder_box[0].stage_name, stop_at_failure=options.stop_at_failure,
         )
         record = new_record("simulate", request, formula, device="meta", dtype=self.dtype.value, weights="random",
                             model=None, attention=options.attention.value)
@@ -139,26 +152,41 @@ class Simulator:
         shape = (batch, 3, formula.seed.height - formula.seed.height % 8, formula.seed.width - formula.seed.width % 8)
         scheduler_tables = self._fresh_scheduler(host_is_device=not gpu.is_cuda)  # before the patches
         with ExitStack() as exits:
+            exits.enter_context(_stopped_runs(recorder))
             exits.enter_context(meter)
             if options.explain:  # global module hooks cost time on every forward call: only when asked
                 exits.enter_context(self._module_stack(stack))
             exits.enter_context(attention)
             image = self._input_image(shape)
             exits.enter_context(self._meta_patches(image, not gpu.is_cuda, batch))
-            replay = UNetReplay(meter, attention, enabled=options.replay)
-            exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap)]))
+            replay = CallReplay(meter, attention, enabled=options.replay)
+            vae = self.pipe.vae
+            exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap("unet")),
+                                         (vae.encoder, "forward", replay.wrap("vae.encoder")),
+                                         (vae.decoder, "forward", replay.wrap("vae.decoder")),
+                                         (vae, "blend_v", replay.wrap_inplace("vae.blend_v", 1)),
+                                         (vae, "blend_h", replay.wrap_inplace("vae.blend_h", 1))]))
+            exits.enter_context(self._switches(request.settings))
+            offload = CpuOffload(self.pipe, meter, request.settings.offload) if gpu.is_cuda else None
             with recorder.stage("load"):
-                meter.replay_resident(self.build_log, self.bindings)
+                if options.warm_process and libraries is not None:
+                    libraries.warm(meter)
+                if offload is None or not offload.active:
+                    meter.replay_resident(self.build_log, self.bindings)
+                else:  # the models start on the CPU; the excluded safety checker is moved to the GPU at once
+                    offload.load()
                 for tensor in scheduler_tables:
                     meter.track(tensor, owner="scheduler state", resident=True)
+            if offload is not None and offload.active:
+                exits.enter_context(offload.hooks())
             run_instrumented(self.pipe, image, formula.prompt or "", request.settings, recorder, progress,
                              output_type="pt")
-        finish_record(record, recorder, formula)
+        finish_record(record, recorder, formula, request.settings)
         record.environment.update({"device": "meta", "simulated_gpu": gpu.name})
         record.simulation = Simulation(
             gpu=gpu.key, gpu_name=gpu.name,
             compute_capability=".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else None,
-            gpu_memory=gpu.memory, weights=self.weights, unet_calls_replayed=replay.replayed,
+            gpu_memory=gpu.memory, weights=self.weights, unet_calls_replayed=replay.replayed["unet"],
             attention_calls=attention.summary(), peak_requested=recorder.peak_requested,
             context=gpu.context if gpu.is_cuda else None, context_source=gpu.context_source if gpu.is_cuda else None,
             workspaces=libraries.largest if libraries is not None else {},
@@ -182,6 +210,16 @@ class Simulator:
         for name in tables:
             setattr(scheduler, name, getattr(scheduler, name).to("meta"))
         return [getattr(scheduler, name) for name in tables]
+
+    @contextmanager
+    def _switches(self, settings: Settings) -> Iterator[None]:
+        """diffusers' VAE and attention switches, turned on on the meta pipeline (the real code paths: tiled
+        and sliced VAE calls, SlicedAttnProcessor) and off again after the run."""
+        apply_switches(self.pipe, replace(settings, offload=Offload.none), "meta")
+        try:
+            yield
+        finally:
+            reset_switches(self.pipe)
 
     @staticmethod
     def _input_image(shape: tuple[int, ...]) -> torch.Tensor:
@@ -302,6 +340,14 @@ class GpuLibraries:
         self.largest: dict[str, int] = {}
         self.upsampled: int | None = None  # the storage of the last nearest-neighbour upsample's output
 
+    def warm(self, meter: LiveTensorMeter) -> None:
+        """Hold the cuBLAS workspaces now, as a process that already ran a matrix multiply holds them."""
+        if not self.blas_ready:
+            self.blas_ready = True
+            meter.keep(self.cublas, "cuBLAS workspace")
+            meter.keep(self.cublaslt, "cuBLASLt workspace")
+            self.largest["cublas"], self.largest["cublaslt"] = self.cublas, self.cublaslt
+
     def before_op(self, meter: LiveTensorMeter, func: Any, args: Any) -> tuple[int | None, ...]:
         if func._overloadpacket.__name__ == "native_layer_norm":
             x = args[0]
@@ -312,10 +358,7 @@ class GpuLibraries:
     def after_op(self, meter: LiveTensorMeter, func: Any, args: Any, out: Any) -> None:
         name = func._overloadpacket.__name__
         if name in MATMULS and not self.blas_ready:
-            self.blas_ready = True
-            meter.keep(self.cublas, "cuBLAS workspace")
-            meter.keep(self.cublaslt, "cuBLASLt workspace")
-            self.largest["cublas"], self.largest["cublaslt"] = self.cublas, self.cublaslt
+            self.warm(meter)
         elif name.startswith("upsample_nearest") and isinstance(out, torch.Tensor):
             self.upsampled = out.untyped_storage()._cdata
         elif name == "convolution" and isinstance(out, torch.Tensor):
@@ -327,10 +370,15 @@ class GpuLibraries:
             _, c_out, h_out, w_out = out.shape
             conv = Conv(n, c_in, h, w, c_out, h_out, w_out, tuple(weight.shape[2:]), args[8], x.element_size(),
                         tuple(args[3]), tuple(args[4]), after_upsample)
+            # cuDNN takes a contiguous input: a strided view (a VAE tile cut from the image) is copied for the
+            # call, after the output is allocated (ConvShared.cpp: input.contiguous(memory_format))
+            copy = meter.hold(x.numel() * x.element_size(), "convolution's contiguous input") \
+                if not x.is_contiguous() else None
             size = conv_workspace(conv)
             if size:
                 meter.transient(size, "cuDNN workspace")
                 self.largest["cudnn"] = max(self.largest.get("cudnn", 0), size)
+            meter.release(copy)
         elif name == "native_group_norm":
             n, c, hxw = args[3], args[4], args[5]
             if hxw > 1 and args[1] is not None:
@@ -340,38 +388,201 @@ class GpuLibraries:
                 meter.release(scale)
 
 
-class UNetReplay:
-    """Replays a UNet call whose arguments have the same metadata as a call already run, instead of running
-    its ~1,700 ops again. Exact, not approximate: on ``meta`` the UNet's ops and shapes depend only on that
-    metadata (no data-dependent branch; the timestep's value never shapes a tensor), so the call makes and
-    frees the same allocations in the same order; the replay sends that logged sequence to the accountant
-    again, so any accountant (the allocator model too) sees what the call would have made it see. A call is
-    memoised only when its log shows it left nothing behind but its outputs, each a fresh storage. The 41
-    calls of a run cost one. ``tests/test_simulate.py`` checks runs with and without it agree.
+@contextmanager
+def _stopped_runs(recorder: StageRecorder) -> Iterator[None]:
+    """A run stopped at its first failure ends there: the stage it died in is closed as not completed."""
+    try:
+        yield
+    except StopRun:
+        recorder.end(completed=False)
+
+
+def apply_order(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors of ``module`` in the order ``module.to(device)`` moves them (``Module._apply``: each
+    child's first, depth first, then the module's own parameters, then its buffers)."""
+    tensors: list[torch.Tensor] = []
+    for child in module.children():
+        tensors += apply_order(child)
+    tensors += [p for p in module._parameters.values() if p is not None]
+    tensors += [b for b in module._buffers.values() if b is not None]
+    return tensors
+
+
+class CpuOffload:
+    """accelerate's CPU offload as diffusers sets it up, as allocations and frees of the weights.
+
+    Model offload (``enable_model_cpu_offload``: ``cpu_offload_with_hook`` along ``model_cpu_offload_seq``,
+    "text_encoder->image_encoder->unet->vae"): a model is moved to the GPU when it is called (``forward``, and
+    the VAE's ``encode``/``decode`` through diffusers' ``apply_forward_hook``), and its hook first moves the
+    previous model of the chain back to the CPU; ``maybe_free_model_hooks`` at the end of the call moves all
+    back. The safety checker is excluded (``_exclude_from_cpu_offload``) and moved to the GPU at once.
+    Sequential offload (``enable_sequential_cpu_offload``: accelerate's ``cpu_offload`` with an
+    ``AlignDevicesHook`` on every module holding tensors of its own): a module's own parameters and buffers
+    are on the GPU only while its forward runs."""
+
+    def __init__(self, pipe: Any, meter: LiveTensorMeter, mode: Offload) -> None:
+        self.pipe, self.meter, self.mode = pipe, meter, mode
+        self.active = mode is not Offload.none
+        names = [n for n in pipe.model_cpu_offload_seq.split("->")
+                 if isinstance(getattr(pipe, n, None), torch.nn.Module)]
+        self.chain = [(name, getattr(pipe, name)) for name in names]
+        self.excluded = [(name, module) for name, module in pipe.components.items()
+                         if isinstance(module, torch.nn.Module) and name in pipe._exclude_from_cpu_offload]
+        self.loaded: dict[str, list[int]] = {}
+
+    def load(self) -> None:
+        for name, module in self.excluded:
+            self.meter.onload(apply_order(module), f"{name} weights")
+
+    def _onload(self, name: str, module: torch.nn.Module) -> None:
+        if name not in self.loaded:
+            self.loaded[name] = self.meter.onload(apply_order(module), f"{name} weights")
+
+    def _offload(self, name: str) -> bool:
+        keys = self.loaded.pop(name, None)
+        if keys is not None:
+            self.meter.offload(apply_order(dict(self.chain)[name]), keys)
+        return keys is not None
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        if self.mode is Offload.model:
+            with self._model_hooks():
+                yield
+        else:
+            with self._sequential_hooks():
+                yield
+
+    @contextmanager
+    def _model_hooks(self) -> Iterator[None]:
+        def hooked(index: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+            name, module = self.chain[index]
+
+            def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    # CpuOffload.pre_forward: the previous model of the chain goes back first, and if it was on
+                    # the GPU, clear_device_cache() (torch.cuda.empty_cache) follows
+                    if index > 0 and self._offload(self.chain[index - 1][0]):
+                        self.meter.empty_cache()
+                    self._onload(name, module)
+                    return original(*args, **kwargs)
+
+                return call
+
+            return wrap
+
+        def free_all(original: Callable[..., Any]) -> Callable[..., Any]:
+            def maybe_free_model_hooks(*args: Any, **kwargs: Any) -> Any:
+                # enable_model_cpu_offload again: self.to("cpu"), then empty_device_cache
+                for name, _ in self.chain:
+                    self._offload(name)
+                self.meter.empty_cache()
+                return original(*args, **kwargs)
+
+            return maybe_free_model_hooks
+
+        patches: list[Any] = [(self.pipe, "maybe_free_model_hooks", free_all)]
+        for index, (name, module) in enumerate(self.chain):
+            methods = ("encode", "decode") if name == "vae" else ("forward",)
+            patches += [(module, method, hooked(index)) for method in methods]
+        with patched(patches):
+            yield
+        for name, _ in self.chain:
+            self._offload(name)
+
+    @contextmanager
+    def _sequential_hooks(self) -> Iterator[None]:
+        owners: dict[int, str] = {}
+        for name, model in self.chain:
+            for sub_name, sub in model.named_modules():
+                if any(t is not None for t in (*sub._parameters.values(), *sub._buffers.values())):
+                    owners[id(sub)] = f"{name}.{sub_name}" if sub_name else name
+        held: dict[int, list[int]] = {}
+
+        def own(module: torch.nn.Module) -> list[torch.Tensor]:
+            return [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+
+        def pre(module: torch.nn.Module, args: Any) -> None:
+            if id(module) in owners and id(module) not in held:
+                held[id(module)] = self.meter.onload(own(module), f"{owners[id(module)]} weights")
+
+        def post(module: torch.nn.Module, args: Any, output: Any) -> None:
+            keys = held.pop(id(module), None)
+            if keys is not None:
+                self.meter.offload(own(module), keys)
+
+        handles = [torch.nn.modules.module.register_module_forward_pre_hook(pre),
+                   torch.nn.modules.module.register_module_forward_hook(post, always_call=True)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class CallReplay:
+    """Replays a call of a module whose arguments have the same metadata as a call already run, instead of running
+    its ops again: the UNet's (41 calls a run, ~1,700 ops each) and the VAE encoder's and decoder's (one call each,
+    or one per tile with VAE tiling). Exact, not approximate: on ``meta`` the ops and shapes depend only on that
+    metadata (no data-dependent branch; the timestep's value never shapes a tensor), so the call makes and frees
+    the same allocations in the same order; the replay sends that logged sequence to the accountant again, so
+    any accountant (the allocator model too) sees what the call would have made it see. A call is memoised only
+    when its log shows it left nothing behind but its outputs, each a fresh storage. The 41 UNet calls of a run
+    cost one; ``tests/test_simulate.py`` checks runs with and without it agree.
     """
 
     def __init__(self, meter: LiveTensorMeter, attention: AttentionModel, enabled: bool = True) -> None:
         self.meter, self.attention, self.enabled = meter, attention, enabled
         self.memo: dict[Any, tuple[EventLog, Any, list[int], Counter[tuple[str, int, int, str]]]] = {}
-        self.replayed = 0
+        self.replayed: Counter[str] = Counter()
 
-    def wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            key = call_key(args, kwargs) if self.enabled else None
-            if key is not None and key in self.memo:
-                log, template, outputs, calls = self.memo[key]
-                self.replayed += 1
-                self.attention.calls.update(calls)
-                return self.meter.replay(log, template, outputs)
-            before = Counter(self.attention.calls)
-            with self.meter.recording() as log:
-                out = original(*args, **kwargs)
-            live = self.meter.live_keys(out)
-            if key is not None and live is not None and _self_contained(log, live, out):
-                self.memo[key] = (log, template_of(out), live, self.attention.calls - before)
-            return out
+    def wrap(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                arguments = call_key(args, kwargs) if self.enabled else None
+                key = (name, arguments) if arguments is not None else None
+                if key is not None and key in self.memo and self.meter.log is None:
+                    log, template, outputs, calls = self.memo[key]
+                    self.replayed[name] += 1
+                    self.attention.calls.update(calls)
+                    return self.meter.replay(log, template, outputs)
+                if self.meter.log is not None:  # inside another logged call: its log holds this one's events
+                    return original(*args, **kwargs)
+                before = Counter(self.attention.calls)
+                with self.meter.recording() as log:
+                    out = original(*args, **kwargs)
+                live = self.meter.live_keys(out)
+                if key is not None and live is not None and _self_contained(log, live, out):
+                    self.memo[key] = (log, template_of(out), live, self.attention.calls - before)
+                return out
 
-        return forward
+            return forward
+
+        return wrapper
+
+    def wrap_inplace(self, name: str, returns: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """For a function that changes its argument ``returns`` in place and returns it (the VAE's tile blending,
+        one small op per pixel row): a call with the same argument metadata replays the temporaries the first
+        made and freed, and returns the argument (on meta there are no values to blend)."""
+        def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                arguments = call_key(args, kwargs) if self.enabled else None
+                key = (name, arguments) if arguments is not None else None
+                if key is not None and key in self.memo and self.meter.log is None:
+                    self.replayed[name] += 1
+                    self.meter.replay(self.memo[key][0], None, [])
+                    return args[returns]
+                if self.meter.log is not None:
+                    return original(*args, **kwargs)
+                with self.meter.recording() as log:
+                    out = original(*args, **kwargs)
+                if key is not None and out is args[returns] and _self_contained(log, [], None):
+                    self.memo[key] = (log, None, [], Counter())
+                return out
+
+            return call
+
+        return wrapper
 
 
 def _self_contained(log: EventLog, outputs: list[int], out: Any) -> bool:
@@ -516,11 +727,20 @@ def explain(snapshot: Snapshot) -> dict[str, Any]:
     return {"total": snapshot.total, "groups": ordered}
 
 
+_SIMULATORS: dict[tuple[Architecture, DType, bool], Simulator] = {}
+
+
+def simulator_for(request: RunRequest, gpu: GpuSpec) -> Simulator:
+    """The simulator built for what ``request`` runs, built once per process (a build takes a second)."""
+    build = (request.architecture, request.resolved_dtype(gpu.is_cuda), request.settings.safety_checker)
+    if build not in _SIMULATORS:
+        _SIMULATORS[build] = Simulator(*build)
+    return _SIMULATORS[build]
+
+
 def simulate(request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
-    """Build the pipeline on ``meta`` and simulate one request."""
-    dtype = request.resolved_dtype(options.gpu.is_cuda)
-    simulator = Simulator(request.architecture, dtype, request.settings.safety_checker)
-    return simulator.run(request, options, progress)
+    """Simulate one request on ``meta`` (the pipeline built once per process)."""
+    return simulator_for(request, options.gpu).run(request, options, progress)
 
 
 def failure_sentence(record: Record) -> str | None:

@@ -13,7 +13,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from sdvram.cli import app, json_flag_default
+from sdvram.cli import app, optional_values
 
 from .conftest import IMAGES
 
@@ -26,6 +26,18 @@ runner = CliRunner()
     (["simulate", "--dtype", "float8"], "Invalid value for '--dtype'"),
     (["simulate", "--attention", "sometimes"], "Invalid value for '--attention'"),
     (["launch"], "No such command 'launch'"),
+    (["fit", "--vram", "0"], "--vram must be at least 1 MiB; got '0'."),
+    (["fit", "--vram", "-1"], "--vram must be a size such as 8GB, 12GiB or 8192MiB; got '-1'."),
+    (["fit", "--vram", "8XB"], "--vram must be a size such as 8GB, 12GiB or 8192MiB; got '8XB'."),
+    (["fit", "--aspect", "0:1"], "--aspect must be width:height in whole numbers from 1"),
+    (["fit", "--aspect", "abc"], "--aspect must be width:height in whole numbers from 1"),
+    (["fit", "--vram", "8GB", "--arch", "sm1"], "--arch must be a CUDA compute capability such as sm75"),
+    (["fit", "--gpu", "cpu"], "fit needs a GPU to fit"),
+    (["simulate", "--h", "64", "--w", "64", "--attention-slicing", "0"],
+     "--attention-slicing must be auto, max or a whole number of heads per slice, 1 or more; got '0'."),
+    (["simulate", "--offload", "sometimes"], "Invalid value for '--offload': 'sometimes' is not one of"),
+    (["profile", "--vae-tiling", "--vae-slicing", "--offload", "model", "--device", "cpu", "--weights", "random",
+      "--architecture", "tiny", "--h", "64", "--w", "64"], "--offload moves the models between the CPU and a GPU"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = runner.invoke(app, args)
@@ -35,13 +47,22 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> 
 
 
 def test_json_flag_without_a_path_means_stdout() -> None:
-    assert json_flag_default(["estimate", "--json"]) == ["estimate", "--json", "-"]
-    assert json_flag_default(["x.jpg", "--json", "--units", "gb"]) == ["x.jpg", "--json", "-", "--units", "gb"]
-    assert json_flag_default(["--json", "out.json"]) == ["--json", "out.json"]
-    assert json_flag_default(["--json", "-"]) == ["--json", "-"]
+    assert optional_values(["estimate", "--json"]) == ["estimate", "--json", "-"]
+    assert optional_values(["x.jpg", "--json", "--units", "gb"]) == ["x.jpg", "--json", "-", "--units", "gb"]
+    assert optional_values(["--json", "out.json"]) == ["--json", "out.json"]
+    assert optional_values(["--json", "-"]) == ["--json", "-"]
 
 
-@pytest.mark.parametrize("command", ["estimate", "profile", "simulate"])
+def test_attention_slicing_without_a_size_means_auto() -> None:
+    assert optional_values(["--attention-slicing"]) == ["--attention-slicing", "auto"]
+    assert optional_values(["--attention-slicing", "x.jpg"]) == ["--attention-slicing", "auto", "x.jpg"]
+    assert optional_values(["--attention-slicing", "--json"]) == ["--attention-slicing", "auto", "--json", "-"]
+    assert optional_values(["--attention-slicing", "MAX"]) == ["--attention-slicing", "MAX"]
+    assert optional_values(["--attention-slicing", "4"]) == ["--attention-slicing", "4"]
+    assert optional_values(["--attention-slicing", "-3"]) == ["--attention-slicing", "-3"]  # refused by the parser
+
+
+@pytest.mark.parametrize("command", ["estimate", "profile", "simulate", "fit"])
 def test_help_reads_at_80_columns(command: str) -> None:
     env = {**os.environ, "COLUMNS": "80"}
     proc = subprocess.run([sys.executable, "-m", "sdvram", command, "--help"], capture_output=True, text=True,

@@ -259,3 +259,20 @@ def test_missing_profile_extra_exit_4() -> None:
         "error: This command needs the 'profile' extra (diffusers is not installed); "
         "install it with: pip install 'sdvram[profile]'"
     )
+
+
+def test_offload_without_accelerate_exit_4() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['accelerate'] = None  # the profile extra installed before it listed accelerate\n"
+        "from sdvram.cli import main\n"
+        "sys.argv = ['sdvram', 'profile', sys.argv[1], '--offload', 'model']\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(IMAGES / "balloon--low-res.jpeg")],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 4
+    assert proc.stderr.strip() == (
+        "error: This command needs the 'profile' extra (accelerate is not installed); "
+        "install it with: pip install 'sdvram[profile]'"
+    )

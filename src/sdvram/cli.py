@@ -5,6 +5,7 @@ The library names parameters (``height``); ``FLAGS`` spells them as this interfa
 """
 
 
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from sdvram.choices import Architecture, DType, Kernel, Units, Weights
+from sdvram.choices import Architecture, DType, Kernel, Offload, Units, Weights
 from sdvram.errors import Interrupted, OutOfMemoryError, SdvramError, WriteError
 from sdvram.gpus import DEFAULT_GPU, GPUS
 
@@ -24,8 +25,11 @@ FLAGS = {
     "steps": "--steps", "strength": "--strength", "guidance": "--guidance", "seed": "--seed", "dtype": "--dtype",
     "architecture": "--architecture", "device": "--device", "weights": "--weights", "model": "--model",
     "gpu": "--gpu", "vram": "--vram", "arch": "--arch", "attention": "--attention", "json": "--json",
-    "save_image": "--save-image", "units": "--units",
+    "save_image": "--save-image", "units": "--units", "vae_tiling": "--vae-tiling", "vae_slicing": "--vae-slicing",
+    "attention_slicing": "--attention-slicing", "offload": "--offload", "aspect": "--aspect",
 }
+ATTENTION_SLICING = "--attention-slicing"
+SLICE_SIZES = ("auto", "max")
 JSON = "--json"
 STDOUT = "-"
 
@@ -46,7 +50,7 @@ class SdvramGroup(TyperGroup):
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-        argv = json_flag_default(list(sys.argv[1:] if args is None else args))
+        argv = optional_values(list(sys.argv[1:] if args is None else args))
         try:
             code = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
         except NoArgsIsHelpError as exc:
@@ -62,13 +66,19 @@ class SdvramGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def json_flag_default(argv: list[str]) -> list[str]:
-    """``--json`` with no value (last, or followed by another option) means stdout: give it ``-``."""
+def optional_values(argv: list[str]) -> list[str]:
+    """The options whose value may be left out get their default: ``--json`` with no value (last, or followed
+    by another option) means stdout, ``-``; ``--attention-slicing`` not followed by auto, max or a number
+    means ``auto``."""
     fixed: list[str] = []
     for i, arg in enumerate(argv):
         fixed.append(arg)
-        if arg == JSON and (i + 1 == len(argv) or (argv[i + 1].startswith("-") and argv[i + 1] != STDOUT)):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg == JSON and (following is None or (following.startswith("-") and following != STDOUT)):
             fixed.append(STDOUT)
+        if arg == ATTENTION_SLICING and (following is None or not (following.lower() in SLICE_SIZES
+                                                                   or following.lstrip("-").isdigit())):
+            fixed.append("auto")
     return fixed
 
 
@@ -138,6 +148,17 @@ DTypeOpt = Annotated[DType | None, typer.Option(
 ArchitectureOpt = Annotated[Architecture, typer.Option(
     "--architecture", case_sensitive=False,
     help="sd15, or tiny: a miniature with SD's classes for testing on a CPU (random weights only).")]
+VaeTilingOpt = Annotated[bool, typer.Option(
+    "--vae-tiling", help="pipe.vae.enable_tiling(): the VAE encodes and decodes 512-pixel tiles, one at a time.")]
+VaeSlicingOpt = Annotated[bool, typer.Option(
+    "--vae-slicing", help="pipe.vae.enable_slicing(): the VAE takes the images of a batch one at a time.")]
+AttentionSlicingOpt = Annotated[str | None, typer.Option(
+    "--attention-slicing", metavar="[auto|max|N]",
+    help="pipe.enable_attention_slicing(): attention in slices of heads; alone it means auto (half the heads).")]
+OffloadOpt = Annotated[Offload, typer.Option(
+    "--offload", case_sensitive=False,
+    help="model: pipe.enable_model_cpu_offload() (one model on the GPU at a time); sequential: "
+         "enable_sequential_cpu_offload() (one layer's weights at a time; slow). Needs accelerate.")]
 StepsOpt = Annotated[str, typer.Option("--steps", metavar="N",
                                        help="num_inference_steps (the loop runs steps x strength of them).")]
 StrengthOpt = Annotated[str, typer.Option("--strength", metavar="X", help="img2img strength, above 0 to 1.")]
@@ -159,12 +180,23 @@ def _size(value: str | None, param: str, low: int | None = None) -> int | None:
     return None if value is None else parse_side(value, param, MIN_SIDE if low is None else low)
 
 
-def _settings(steps: str, strength: str, guidance: str, batch: str, seed: str, safety_checker: bool) -> Any:
-    from sdvram.inputs import parse_batch, parse_guidance, parse_seed, parse_steps, parse_strength
+def _settings(steps: str, strength: str, guidance: str, batch: str, seed: str, safety_checker: bool,
+              vae_tiling: bool = False, vae_slicing: bool = False, attention_slicing: str | None = None,
+              offload: Offload = Offload.none) -> Any:
+    from sdvram.inputs import (
+        parse_attention_slicing,
+        parse_batch,
+        parse_guidance,
+        parse_seed,
+        parse_steps,
+        parse_strength,
+    )
     from sdvram.requests import Settings
 
     return Settings(steps=parse_steps(steps), strength=parse_strength(strength), guidance=parse_guidance(guidance),
-                    batch=parse_batch(batch), seed=parse_seed(seed), safety_checker=safety_checker)
+                    batch=parse_batch(batch), seed=parse_seed(seed), safety_checker=safety_checker,
+                    vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                    attention_slicing=parse_attention_slicing(attention_slicing), offload=offload)
 
 
 def _run_request(image: Path | None, height: str | None, width: str | None, prompt: str | None,
@@ -245,6 +277,10 @@ def profile(
     batch: BatchOpt = "1",
     seed: Annotated[str, typer.Option("--seed", metavar="N", help="Seed of the random generator.")] = "0",
     safety_checker: SafetyOpt = False,
+    vae_tiling: VaeTilingOpt = False,
+    vae_slicing: VaeSlicingOpt = False,
+    attention_slicing: AttentionSlicingOpt = None,
+    offload: OffloadOpt = Offload.none,
     json_path: JsonOpt = None,
     save_image: Annotated[Path | None, typer.Option(
         "--save-image", metavar="PATH", help="Keep the pipeline's output image (format from the extension).")] = None,
@@ -255,12 +291,18 @@ def profile(
     formula (on a GPU, beside the simulation of the same settings too)."""
     with failures():
         _require_profile_extra()
-        from sdvram.requests import ProfileOptions, check_profile_options
+        from sdvram.requests import ProfileOptions, check_profile_options, check_switches_on_device
 
-        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture,
-                               _settings(steps, strength, guidance, batch, seed, safety_checker))
+        settings = _settings(steps, strength, guidance, batch, seed, safety_checker, vae_tiling, vae_slicing,
+                             attention_slicing, offload)
+        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings)
         options = ProfileOptions(device=device, weights=weights, model=model, save_image=save_image)
         check_profile_options(options, architecture)
+        check_switches_on_device(settings, device)
+        if offload is not Offload.none:
+            from sdvram.extras import OFFLOAD_MODULES, require_profile_extra
+
+            require_profile_extra(OFFLOAD_MODULES)
         from sdvram.engine import resolve
 
         resolve(request)  # every value checked before anything is built or reserved
@@ -291,6 +333,10 @@ def simulate(
     guidance: GuidanceOpt = "5.0",
     batch: BatchOpt = "1",
     safety_checker: SafetyOpt = False,
+    vae_tiling: VaeTilingOpt = False,
+    vae_slicing: VaeSlicingOpt = False,
+    attention_slicing: AttentionSlicingOpt = None,
+    offload: OffloadOpt = Offload.none,
     attention: Annotated[Kernel, typer.Option(
         "--attention", case_sensitive=False,
         help="auto: the kernel PyTorch picks for the card; or only flash, efficient or math, as "
@@ -306,14 +352,92 @@ def simulate(
     with failures():
         _require_profile_extra()
         target = _target(gpu, vram, arch)
-        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture,
-                               _settings(steps, strength, guidance, batch, "0", safety_checker))
+        settings = _settings(steps, strength, guidance, batch, "0", safety_checker, vae_tiling, vae_slicing,
+                             attention_slicing, offload)
+        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings)
         from sdvram.engine import resolve
+        from sdvram.requests import check_switches_on_device
         from sdvram.simulate import SimulateOptions
 
+        check_switches_on_device(settings, "cuda" if target.is_cuda else "cpu")
         resolve(request)
         options = SimulateOptions(target, attention, explain)
         _run_and_deliver("simulate", request, options, json_path, None, units, verbose)
+
+
+@app.command()
+def fit(
+    image: Annotated[Path | None, typer.Argument(
+        metavar="[IMAGE]", help="Take the aspect ratio from this image; or give --aspect.", show_default=False)] = None,
+    aspect: Annotated[str | None, typer.Option(
+        "--aspect", metavar="W:H", help="Aspect ratio, width to height, e.g. 3:2 [default: 1:1].")] = None,
+    gpu: Annotated[str | None, typer.Option(
+        "--gpu", metavar="NAME", help=f"The card: {', '.join(GPUS)} [default: {DEFAULT_GPU}].")] = None,
+    vram: Annotated[str | None, typer.Option(
+        "--vram", metavar="SIZE", help="Any other card: its memory, e.g. 8GB or 12GiB (with --arch).")] = None,
+    arch: Annotated[str | None, typer.Option(
+        "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")] = None,
+    dtype: DTypeOpt = None,
+    steps: StepsOpt = "50",
+    strength: StrengthOpt = "0.8",
+    guidance: GuidanceOpt = "5.0",
+    batch: BatchOpt = "1",
+    safety_checker: SafetyOpt = False,
+    json_path: JsonOpt = None,
+    units: UnitsOpt = Units.gib,
+) -> None:
+    """The largest image that fits a card, with no switches and with each useful combination of diffusers'
+    memory-saving switches (a search of simulated runs, sides in multiples of 8)."""
+    with failures():
+        _require_profile_extra()
+        target = _target(gpu, vram, arch)
+        if not target.is_cuda:
+            from sdvram.errors import InputError
+
+            raise InputError("fit needs a GPU to fit: give a --gpu from the table, or --vram.")
+        shape = _aspect(image, aspect)
+        settings = _settings(steps, strength, guidance, batch, "0", safety_checker)
+        from sdvram.engine import resolve
+        from sdvram.fit import fit as run_fit
+        from sdvram.outputs import reserve
+        from sdvram.report import fit_table, to_json
+        from sdvram.requests import RunRequest
+
+        request = RunRequest(height=512, width=512, dtype=dtype, settings=settings)
+        resolve(request)  # the settings checked before the search
+        pending = reserve(json_path, "JSON document", "json")
+        try:
+            with search_progress() as progress:
+                result = run_fit(request, target, shape, progress)
+        except BaseException:
+            if pending is not None:
+                pending.discard()
+            raise
+        document = to_json(result.to_json()) + "\n"
+        if json_path == STDOUT:
+            sys.stdout.write(document)
+            return
+        out.print(fit_table(result, units))
+        if pending is not None:
+            pending.commit_text(document)
+            say(f"wrote {json_path}")
+
+
+def _aspect(image: Path | None, aspect: str | None) -> tuple[int, int]:
+    from sdvram.errors import InputError
+    from sdvram.inputs import parse_aspect
+
+    if image is not None and aspect is not None:
+        raise InputError("Give the aspect ratio once: as an IMAGE or with --aspect.")
+    if image is not None:
+        from sdvram.images import image_info
+
+        info = image_info(image)
+        width, height = info.width, info.height
+    else:
+        width, height = parse_aspect(aspect or "1:1")
+    common = math.gcd(width, height)
+    return width // common, height // common
 
 
 def _target(gpu: str | None, vram: str | None, arch: str | None) -> Any:
@@ -358,9 +482,9 @@ def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | Non
                 result = profile_and_simulate(request, options, progress)
                 record, picture = result.record, result.image
             else:
-                from sdvram.simulate import simulate as run_simulate
+                from sdvram.fit import simulate_with_advice
 
-                record, picture = run_simulate(request, options, progress), None
+                record, picture = simulate_with_advice(request, options, progress), None
     except BaseException:
         for pending in pendings:
             pending.discard()
@@ -421,6 +545,29 @@ def unet_progress() -> Iterator[Callable[[int, int], None]]:
         if not bar.live.is_started:
             bar.start()
         bar.update(task, completed=done, total=total)
+
+    try:
+        yield advance
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+
+
+@contextmanager
+def search_progress() -> Iterator[Callable[[int, int], None]]:
+    """A counter of the simulated runs a search has made, on stderr, only on a terminal."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = Progress(SpinnerColumn(), TextColumn("searching: {task.completed} simulated runs"), TimeElapsedColumn(),
+                   console=err, transient=True)
+    task = bar.add_task("fit", total=None)
+
+    def advance(done: int, total: int) -> None:
+        if not err.is_terminal:
+            return
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done)
 
     try:
         yield advance

@@ -18,6 +18,7 @@ from rich.text import Text
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
 from sdvram.record import Record
+from sdvram.requests import SWITCH_LABELS
 from sdvram.stages import label, term_label
 from sdvram.units import Units, format_bytes, format_number, format_signed_percent, format_size, unit_label
 
@@ -36,6 +37,16 @@ NOT_MODELLED = (
     "Fragmentation from other allocation orders: PyTorch's allocator places blocks by address, and the model "
     "places new segments one above the other where cudaMalloc may not.",
 )
+
+
+SWITCH_SHORT = {"vae_slicing": "VAE slicing", "vae_tiling": "VAE tiling", "attention_slicing": "attn. slicing",
+                "model_offload": "model offload", "sequential_offload": "seq. offload"}
+
+
+def switches_text(switches: list[str] | tuple[str, ...], short: bool = False) -> str:
+    """Switches by their labels, joined with " + "; "none" when there are none."""
+    names = SWITCH_SHORT if short else SWITCH_LABELS
+    return " + ".join(names[s] for s in switches) if switches else "none"
 
 
 def to_json(document: dict[str, Any]) -> str:
@@ -104,11 +115,13 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
     device = record.environment.get("gpu_name") or record.environment.get("simulated_gpu") or settings.device
     build = f"{settings.architecture}, {settings.dtype}" + (
         f", {settings.weights} weights" if record.kind == "profile" else "")
+    switches = _record_switches(record)
     heading = Text(
         f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img ({build}) on {device}: "
         f"{format_size(inputs.width, inputs.height)}, {settings.steps} steps x strength {settings.strength:g}, "
         f"guidance {settings.guidance:g}, batch {settings.batch}, safety checker "
-        f"{'on' if settings.safety_checker else 'off'}",
+        f"{'on' if settings.safety_checker else 'off'}"
+        + (f"; switches: {switches_text(switches)}" if switches else ""),
         style="italic",
     )
     prompt = Text(f"prompt ({TOKEN_SOURCES.get(inputs.prompt_source, inputs.prompt_source)}, "
@@ -131,6 +144,8 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
     peak_stage = record.peak_stage
     for stage in record.stages:
         name = stage.label + (" *" if stage.name == peak_stage else "") + ("" if stage.completed else " (died)")
+        if stage.switches:  # which switches acted in the stage, on a second line of the cell
+            name += "\n  " + switches_text(stage.switches, short=True)
         cells = [name, _maybe(stage.formula, units)]
         if compared is not None:
             twin = compared.stage(stage.name)
@@ -172,6 +187,14 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
     return Group(*lines)
 
 
+def _record_switches(record: Record) -> list[str]:
+    settings = record.settings
+    on = {"vae_slicing": settings.vae_slicing, "vae_tiling": settings.vae_tiling,
+          "attention_slicing": settings.attention_slicing is not None,
+          "model_offload": settings.offload == "model", "sequential_offload": settings.offload == "sequential"}
+    return [name for name in SWITCH_SHORT if on[name]]
+
+
 def _device_lines(record: Record, units: Units) -> list[Text]:
     lines = []
     if record.peak_reserved is not None and record.kind == "profile":
@@ -185,10 +208,10 @@ def _device_lines(record: Record, units: Units) -> list[Text]:
     return lines
 
 
-def _simulation_lines(record: Record, units: Units, verbose: bool) -> list[Text]:
+def _simulation_lines(record: Record, units: Units, verbose: bool) -> list[Text | Group]:
     sim = record.simulation
     assert sim is not None
-    lines = [Text(f"Card: {sim.gpu_name}.")] if sim.fit is not None else []
+    lines: list[Text | Group] = [Text(f"Card: {sim.gpu_name}.")] if sim.fit is not None else []
     if record.peak_reserved is not None:
         lines.append(Text(
             f"Predicted: peak reserved {format_bytes(record.peak_reserved, units)} "
@@ -201,6 +224,8 @@ def _simulation_lines(record: Record, units: Units, verbose: bool) -> list[Text]
                           f"{format_bytes(fit.card_memory, units)}) the first request that would not fit is "
                           f"{fit.failed_what} ({format_bytes(fit.failed_request or 0, units)}) in the "
                           f"{label(fit.failed_stage)} stage.", style="red"))
+    if sim.advice is not None:
+        lines.append(advice_table(sim.gpu_name, sim.advice, units))
     if sim.workspaces:
         names = {"cudnn": "largest cuDNN convolution workspace", "cublas": "cuBLAS workspace",
                  "cublaslt": "cuBLASLt workspace"}
@@ -217,6 +242,69 @@ def _simulation_lines(record: Record, units: Units, verbose: bool) -> list[Text]
         lines.append(Text("Not modelled (docs/simulate.md):"))
         lines += [Text(f"- {item}") for item in NOT_MODELLED]
     return lines
+
+
+def advice_table(gpu_name: str, advice: list[dict[str, Any]], units: Units) -> Group:
+    """What each useful combination of switches does to a run that does not fit, cheapest first."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"The same run with diffusers' memory-saving switches on the {gpu_name}",
+                  title_justify="left", caption=f"figures in {unit_label(units)}")
+    table.add_column("switches, cheapest first")
+    table.add_column("fits", justify="center")
+    table.add_column("peak allocated", justify="right")
+    table.add_column("peak reserved", justify="right")
+    for option in advice:
+        table.add_row(switches_text(option["switches"], short=True) + (" (slow)" if option["slow"] else ""),
+                      "yes" if option["fits"] else "no", _maybe(option["peak_allocated"], units),
+                      _maybe(option["peak_reserved"], units), style="green" if option["fits"] else None)
+    fitting = [o for o in advice if o["fits"]]
+    if fitting:
+        verdict = Text(f"Cheapest that fits: {fitting[0]['label']}." + (
+            " Sequential CPU offload moves every layer's weights over the bus at every call: expect it to run "
+            "many times slower." if fitting[0]["slow"] else ""), style="bold")
+    else:
+        verdict = Text("No combination of switches makes this run fit: use a smaller image or batch (sdvram fit "
+                       "finds the largest size that fits), or a card with more memory.", style="bold red")
+    return Group(table, verdict)
+
+
+def fit_table(result: Any, units: Units) -> Group:
+    """``sdvram fit``: the largest image per combination of switches, cheapest first, and the notes."""
+    data = result.to_json()
+    w, h = data["aspect"]
+    fitting = [o for o in data["options"] if o["fits"]]
+    if fitting:
+        best = max(fitting, key=lambda o: (o["width"] or 0) * (o["height"] or 0))
+        none = data["options"][0]
+        answer = Text((f"Largest with no switches: {none['width']} x {none['height']}; "
+                       if none["fits"] else "Nothing fits with no switches; ")
+                      + f"largest: {best['width']} x {best['height']} with {best['label']}"
+                      + (" (slow)" if best["slow"] else ""), style="bold")
+    else:
+        answer = Text(f"Nothing fits the {data['gpu_name']}, with any switches.", style="bold red")
+    heading = Text(f"Simulated, SD v1.5 img2img: aspect {w}:{h}, batch {data['batch']}, {data['dtype']}, safety "
+                   f"checker {'on' if data['safety_checker'] else 'off'}\ncard: {data['gpu_name']}, "
+                   f"{format_bytes(data['capacity'], units)} usable of {format_bytes(data['card_memory'], units)}",
+                   style="italic")
+    table = Table(box=box.SIMPLE_HEAD, caption=f"figures in {unit_label(units)}; sides in multiples of 8 px; "
+                  "8 px more on the long side does not fit")
+    table.add_column("switches, cheapest first")
+    table.add_column("largest W x H", justify="right")
+    table.add_column("peak allocated", justify="right")
+    table.add_column("peak reserved", justify="right")
+    for option in data["options"]:
+        size = f"{option['width']} x {option['height']}" if option["fits"] else "does not fit"
+        table.add_row(switches_text(option["switches"], short=True) + (" (slow)" if option["slow"] else ""), size,
+                      _maybe(option["peak_allocated"], units), _maybe(option["peak_reserved"], units))
+    notes = []
+    if not data["options"][0]["fits"]:
+        notes.append(f"The weights alone do not fit: {format_bytes(data['weights'], units)} of weights, "
+                     f"{format_bytes(data['capacity'], units)} usable on the card; "
+                     + ("with CPU offload they need not all be on the card at once." if fitting
+                        else "not even CPU offload makes SD v1.5 fit this card."))
+    if any(o["slow"] for o in fitting):
+        notes.append("Sequential CPU offload moves every layer's weights over the bus at every call: expect it to "
+                     "run many times slower.")
+    return Group(answer, heading, table, *[Text(f"- {note}") for note in notes])
 
 
 def short_module(name: str, width: int = MODULE_WIDTH) -> str:

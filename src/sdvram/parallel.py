@@ -1,0 +1,83 @@
+"""Independent jobs side by side in forked worker processes, for the searches of ``fit``: each job is a
+function of a progress ``tick`` that returns a picklable result. A forked child shares the parent's built
+pipeline (copy-on-write), so a worker starts at once; it reports each tick and its result over a pipe.
+
+Where ``fork`` is not available (or one worker is asked for), the jobs run one after the other here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+Job = Callable[[Callable[[], None]], Any]
+
+
+class WorkerFailed(RuntimeError):
+    """A job raised in its worker; the message carries the worker's traceback."""
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int | None = None) -> list[Any]:
+    """Each job's result, in the jobs' order. At most ``workers`` jobs run at once (default: the CPU cores
+    this process may use); ``tick`` is called in this process for every tick of every job."""
+    count = min(workers or default_workers(), len(jobs))
+    if count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [job(tick) for job in jobs]
+    context = multiprocessing.get_context("fork")
+    results: dict[int, Any] = {}
+    running: dict[Connection, tuple[int, Any]] = {}
+    waiting = list(enumerate(jobs))
+    try:
+        while waiting or running:
+            while waiting and len(running) < count:
+                index, job = waiting.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_work, args=(job, send), daemon=True)
+                process.start()
+                send.close()
+                running[receive] = (index, process)
+            for connection in wait(list(running)):
+                assert isinstance(connection, Connection)
+                index, process = running[connection]
+                try:
+                    kind, payload = connection.recv()
+                except EOFError:
+                    kind, payload = "error", f"the worker ended without a result (exit code {process.exitcode})"
+                if kind == "tick":
+                    tick()
+                    continue
+                connection.close()
+                process.join()
+                del running[connection]
+                if kind == "error":
+                    raise WorkerFailed(payload)
+                results[index] = pickle.loads(payload)
+    finally:
+        for connection, (_, process) in running.items():
+            process.terminate()
+            process.join()
+            connection.close()
+    return [results[i] for i in range(len(jobs))]
+
+
+def _work(job: Job, send: Connection) -> None:
+    """In the child: run the job, sending ticks and then its result (or the traceback)."""
+    import torch  # already imported by the parent: free
+
+    torch.set_num_threads(1)  # one core per worker; and no OpenMP pool inherited across the fork is used
+    try:
+        result = job(lambda: send.send(("tick", None)))
+        send.send(("done", pickle.dumps(result)))
+    except BaseException:  # noqa: BLE001 -- whatever happened, the parent must hear of it
+        send.send(("error", traceback.format_exc()))
+    finally:
+        send.close()

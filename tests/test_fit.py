@@ -1,0 +1,137 @@
+"""`sdvram fit` and the advice of `simulate`: the sizes searched, the combinations of switches offered and their
+order, the search's answer checked by simulating it and the next size up independently, cards too small for
+the weights, and the worker processes that run the searches side by side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from sdvram.cli import app  # noqa: E402
+from sdvram.fit import (  # noqa: E402
+    UNIT,
+    chains,
+    combinations,
+    largest,
+    simulate_with_advice,
+    size_for,
+    with_switches,
+)
+from sdvram.gpus import custom_gpu  # noqa: E402
+from sdvram.parallel import WorkerFailed, run_side_by_side  # noqa: E402
+from sdvram.requests import RunRequest, Settings  # noqa: E402
+from sdvram.simulate import SimulateOptions, simulator_for  # noqa: E402
+
+runner = CliRunner()
+
+
+def test_sizes_keep_the_aspect_in_multiples_of_8() -> None:
+    assert size_for(100, (1, 1)) == (800, 800)
+    assert size_for(100, (3, 2)) == (800, 528)  # 800 x 2/3 = 533.3, down to a multiple of 8
+    assert size_for(100, (2, 3)) == (528, 800)
+    assert size_for(1, (16, 9)) == (8, 8)  # never below one latent pixel
+
+
+def test_combinations_are_offered_cheapest_first() -> None:
+    assert combinations(1) == [(), ("vae_tiling",), ("model_offload",), ("vae_tiling", "model_offload"),
+                               ("sequential_offload",), ("vae_tiling", "sequential_offload")]
+    assert combinations(2)[:4] == [(), ("vae_slicing",), ("vae_tiling",), ("vae_slicing", "vae_tiling")]
+    # each chain holds one kind of offload, and together they hold every combination once
+    groups = chains(combinations(2))
+    assert sorted(c for chain in groups for c in chain) == sorted(combinations(2))
+    assert [chain[0] for chain in groups] == [(), ("model_offload",), ("sequential_offload",)]
+
+
+def test_switches_map_to_settings() -> None:
+    settings = with_switches(Settings(), ("vae_tiling", "sequential_offload"))
+    assert settings.vae_tiling and not settings.vae_slicing and settings.offload.value == "sequential"
+    assert settings.switches == ("vae_tiling", "sequential_offload")
+
+
+def test_the_size_found_fits_and_the_next_does_not() -> None:
+    """The search's contract, checked with plain simulations (run to the end, not stopped at a failure)."""
+    card = custom_gpu("3GB")
+    request = RunRequest(settings=Settings(steps=10))
+    simulator = simulator_for(request, card)
+    found = largest(simulator, request, card, (3, 2), (), lambda: None)
+    assert found.fits and found.width and found.height and found.width % UNIT == 0 and found.height % UNIT == 0
+    for units, fits in ((found.width // UNIT, True), (found.width // UNIT + 1, False)):
+        width, height = size_for(units, (3, 2))
+        record = simulator.run(RunRequest(width=width, height=height, settings=request.settings),
+                               SimulateOptions(card))
+        assert record.simulation.fit.fits is fits, (width, height)
+        if fits:
+            assert record.peak_allocated == found.peak
+
+
+def test_fit_on_a_card_too_small_for_the_weights(tmp_path) -> None:
+    """A 1 GB card (0.27 GiB usable after the CUDA context) holds none of SD v1.5's 2.1 GB of weights at once:
+    only sequential offload, one layer at a time, runs."""
+    out = tmp_path / "fit.json"
+    result = runner.invoke(app, ["fit", "--vram", "1GB", "--aspect", "4:3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["aspect"] == [4, 3] and data["weights"] > data["capacity"]
+    by_label = {tuple(o["switches"]): o for o in data["options"]}
+    assert not by_label[()]["fits"] and by_label[()]["width"] is None
+    assert not by_label[("model_offload",)]["fits"]
+    sequential = by_label[("sequential_offload",)]
+    assert sequential["fits"] and sequential["slow"] and sequential["peak_reserved"] <= data["capacity"]
+    assert "The weights alone do not fit" in result.stdout and "with CPU offload" in result.stdout
+
+
+def test_advice_lists_what_makes_a_run_fit_cheapest_first() -> None:
+    card = custom_gpu("6GB")
+    request = RunRequest(height=1536, width=1536, settings=Settings(steps=10))
+    record = simulate_with_advice(request, SimulateOptions(card))
+    assert not record.simulation.fit.fits
+    advice = record.simulation.advice
+    assert [tuple(a["switches"]) for a in advice] == combinations(1)[1:]
+    tiled = advice[0]
+    assert tiled["switches"] == ["vae_tiling"] and tiled["fits"]
+    # checked independently: the same request with the switch on, simulated in full
+    again = simulator_for(request, card).run(
+        RunRequest(height=1536, width=1536, settings=Settings(steps=10, vae_tiling=True)), SimulateOptions(card))
+    assert again.simulation.fit.fits and again.peak_allocated == tiled["peak_allocated"]
+
+
+def test_advice_says_when_nothing_fits() -> None:
+    result = runner.invoke(app, ["simulate", "--h", "2048", "--w", "2048", "--vram", "1GB", "--steps", "10"])
+    assert result.exit_code == 0
+    assert "No combination of switches makes this run fit" in result.stdout
+
+
+def test_advice_is_not_given_when_the_run_fits() -> None:
+    record = simulate_with_advice(RunRequest(height=512, width=512, settings=Settings(steps=10)),
+                                  SimulateOptions(custom_gpu("24GB")))
+    assert record.simulation.fit.fits and record.simulation.advice is None
+
+
+def _square(n: int):
+    def job(tick):
+        for _ in range(n):
+            tick()
+        return n * n
+
+    return job
+
+
+def _broken(tick):
+    raise ValueError("a job that fails")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jobs_side_by_side_return_in_order_with_every_tick(workers: int) -> None:
+    ticks = []
+    assert run_side_by_side([_square(n) for n in (3, 1, 4)], lambda: ticks.append(1), workers) == [9, 1, 16]
+    assert len(ticks) == 8
+
+
+def test_a_job_that_fails_in_a_worker_is_reported_with_its_traceback() -> None:
+    with pytest.raises(WorkerFailed, match="a job that fails"):
+        run_side_by_side([_square(2), _broken], lambda: None, workers=2)

@@ -212,6 +212,6 @@ def test_repeated_windows_keeps_what_is_not_a_window() -> None:
               ("alloc", 5, large), ("free", 5), ("free", 99)]
     program = repeated_windows(events)
     # 1 is kept (a call's output): a plain event; the windows of 3 and 4 make the same request (one item,
-    # twice); 5's is another; 99 was made before the log (a call's input freed): a plain event
+    # twice); 5's is another, once: its events; 99 was made before the log (a call's input freed): an event
     assert [(item[0], item[2] if item[0] == "repeat" else None) for item in program] == [
-        ("event", None), ("repeat", 2), ("repeat", 1), ("event", None)]
+        ("event", None), ("repeat", 2), ("event", None), ("event", None), ("event", None)]

@@ -305,8 +305,12 @@ class AllocatorAccountant:
                     event = item[1]
                     if event[0] == "free":
                         free(blocks.pop(event[1]))
-                    else:
-                        run((event,))
+                        continue
+                    try:
+                        blocks[event[1]] = malloc(event[2].size)
+                    except AllocatorOutOfMemory as exc:
+                        refused(event[2], exc)
+                        blocks[event[1]] = malloc(event[2].size)
                     continue
                 for _ in range(item[2]):
                     segments = allocator.cuda_mallocs, allocator.cuda_frees

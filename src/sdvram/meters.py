@@ -238,9 +238,9 @@ class EventLog:
 def repeated_windows(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``events`` as a program of ``("event", event)`` and ``("repeat", window, count)`` items, where a window
     is a run of events that frees every allocation it makes and nothing else (a net-zero window, as short as
-    it can be), and ``count`` consecutive windows make the same requests in the same order (the same sizes,
-    each free naming the same place in its window). The VAE's tile blending is such a program: one window per
-    pixel row, the same for every row. Linear in the events."""
+    it can be), and ``count`` (2 or more) consecutive windows make the same requests in the same order (the
+    same sizes, each free naming the same place in its window). The VAE's tile blending is such a program: one
+    window per pixel row, the same for every row. Linear in the events."""
     index = {e[1]: i for i, e in enumerate(events) if e[0] == "alloc"}
     freed = {index[e[1]]: i for i, e in enumerate(events) if e[0] == "free" and e[1] in index}
     items: list[tuple[Any, ...]] = []
@@ -261,7 +261,9 @@ def repeated_windows(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             items.append(("repeat", window, 1))
             previous = signature
         i = end + 1
-    return items
+    # a window that does not repeat is replayed as its events
+    return [part for item in items
+            for part in ([("event", e) for e in item[1]] if item[0] == "repeat" and item[2] == 1 else [item])]
 
 
 def _window_end(events: list[tuple[Any, ...]], index: dict[int, int], freed: dict[int, int], start: int) -> int | None:

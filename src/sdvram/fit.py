@@ -209,8 +209,7 @@ def fit(request: RunRequest, gpu: GpuSpec, aspect: tuple[int, int], progress: Pr
         workers: int | None = None) -> FitResult:
     """The largest image of ``aspect`` that fits ``gpu`` with each useful combination of switches (``request``
     gives the batch, dtype, safety checker and call settings; its size is ignored). ``workers``: how many
-    chains are searched at once (``parallel.py``; default: one per CPU core, at most one per chain). The
-    answer does not depend on it."""
+    chains are searched at once (``parallel.py``; default: all). The answer does not depend on it."""
     simulator = simulator_for(request, gpu)
     choices = combinations(request.settings.batch)
     groups = chains(choices)

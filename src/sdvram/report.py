@@ -39,6 +39,7 @@ NOT_MODELLED = (
 )
 
 
+SLOW_MARK = " *"  # beside sequential offload in the tables; a note says why
 SWITCH_SHORT = {"vae_slicing": "VAE slicing", "vae_tiling": "VAE tiling", "attention_slicing": "attn. slicing",
                 "model_offload": "model offload", "sequential_offload": "seq. offload"}
 
@@ -253,7 +254,7 @@ def advice_table(gpu_name: str, advice: list[dict[str, Any]], units: Units) -> G
     table.add_column("peak allocated", justify="right")
     table.add_column("peak reserved", justify="right")
     for option in advice:
-        table.add_row(switches_text(option["switches"], short=True) + (" (slow)" if option["slow"] else ""),
+        table.add_row(switches_text(option["switches"], short=True) + (SLOW_MARK if option["slow"] else ""),
                       "yes" if option["fits"] else "no", _maybe(option["peak_allocated"], units),
                       _maybe(option["peak_reserved"], units), style="green" if option["fits"] else None)
     fitting = [o for o in advice if o["fits"]]
@@ -261,6 +262,9 @@ def advice_table(gpu_name: str, advice: list[dict[str, Any]], units: Units) -> G
         verdict = Text(f"Cheapest that fits: {fitting[0]['label']}." + (
             " Sequential CPU offload moves every layer's weights over the bus at every call: expect it to run "
             "many times slower." if fitting[0]["slow"] else ""), style="bold")
+        if any(o["slow"] for o in advice) and not fitting[0]["slow"]:
+            verdict.append(f"\n{SLOW_MARK.strip()} slow: every layer's weights cross the bus at every call.",
+                           style="not bold")
     else:
         verdict = Text("No combination of switches makes this run fit: use a smaller image or batch (sdvram fit "
                        "finds the largest size that fits), or a card with more memory.", style="bold red")
@@ -285,15 +289,15 @@ def fit_table(result: Any, units: Units) -> Group:
                    f"checker {'on' if data['safety_checker'] else 'off'}\ncard: {data['gpu_name']}, "
                    f"{format_bytes(data['capacity'], units)} usable of {format_bytes(data['card_memory'], units)}",
                    style="italic")
-    table = Table(box=box.SIMPLE_HEAD, caption=f"figures in {unit_label(units)}; sides in multiples of 8 px; "
-                  "8 px more on the long side does not fit")
+    table = Table(box=box.SIMPLE_HEAD, caption=f"figures in {unit_label(units)}; 8 px more on the long side does "
+                  "not fit")
     table.add_column("switches, cheapest first")
     table.add_column("largest W x H", justify="right")
     table.add_column("peak allocated", justify="right")
     table.add_column("peak reserved", justify="right")
     for option in data["options"]:
         size = f"{option['width']} x {option['height']}" if option["fits"] else "does not fit"
-        table.add_row(switches_text(option["switches"], short=True) + (" (slow)" if option["slow"] else ""), size,
+        table.add_row(switches_text(option["switches"], short=True) + (SLOW_MARK if option["slow"] else ""), size,
                       _maybe(option["peak_allocated"], units), _maybe(option["peak_reserved"], units))
     notes = []
     if not data["options"][0]["fits"]:
@@ -302,8 +306,8 @@ def fit_table(result: Any, units: Units) -> Group:
                      + ("with CPU offload they need not all be on the card at once." if fitting
                         else "not even CPU offload makes SD v1.5 fit this card."))
     if any(o["slow"] for o in fitting):
-        notes.append("Sequential CPU offload moves every layer's weights over the bus at every call: expect it to "
-                     "run many times slower.")
+        notes.append(f"{SLOW_MARK.strip()} Sequential CPU offload moves every layer's weights over the bus at every "
+                     "call: expect it to run many times slower.")
     return Group(answer, heading, table, *[Text(f"- {note}") for note in notes])
 
 

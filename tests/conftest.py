@@ -3,7 +3,10 @@ built once per session (a CPU profile of the tiny architecture, SD v1.5 simulato
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from PIL import Image
@@ -11,6 +14,17 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
 MEASURED = REPO / "docs" / "measurements" / "h200-2026-11-26"
+
+
+def load_tool(name: str) -> ModuleType:
+    """A script of tools/ as a module (its definitions only: the scripts run from ``if __name__ == ...``)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @pytest.fixture

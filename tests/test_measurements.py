@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from sdvram.choices import DType, Offload  # noqa: E402
+from sdvram.choices import DType  # noqa: E402
 from sdvram.gpus import GPUS  # noqa: E402
 from sdvram.requests import RunRequest, Settings, request_from_record  # noqa: E402
 from sdvram.simulate import SimulateOptions, Simulator  # noqa: E402
 
-from .conftest import MEASURED, REPO  # noqa: E402
+from .conftest import MEASURED, REPO, load_tool  # noqa: E402
 
 PROFILES = sorted((MEASURED / "profiles").glob("*.json"))
 
@@ -46,12 +46,8 @@ def test_h200_profile_is_reproduced_stage_by_stage(path: Path, sd15_with_checker
 
 
 VARIANTS = [json.loads(line) for line in (MEASURED / "variants.jsonl").read_text().splitlines()]
-# tools/gpu_variants.py's variants as settings: the diffusers switch each one turned on
-VARIANT_SWITCHES = {
-    "baseline": {}, "vae_tiling": {"vae_tiling": True}, "vae_slicing": {"vae_slicing": True},
-    "attention_slicing": {"attention_slicing": "auto"}, "model_cpu_offload": {"offload": Offload.model},
-    "tiling_and_offload": {"vae_tiling": True, "offload": Offload.model},
-}
+# tools/gpu_variants.py's variants as the settings of the switches each turned on
+SWITCHES = load_tool("gpu_variants").SWITCHES
 # Peak reserved of the tiled 2048 x 2048 run: simulated 5,953,814,528 against 5,643,436,032 measured (+5.5%),
 # with the peak allocated exact. No allocator trace of a tiled run was taken to see where the segments differ.
 RESERVED_NOT_YET_MATCHED = {("vae_tiling", 2048)}
@@ -76,7 +72,7 @@ def test_every_measured_variant_is_reproduced(variant: dict, variant_simulators:
         variant_simulators[dtype] = Simulator(dtype=dtype, safety_checker=True)
     request = RunRequest(height=variant["h"], width=variant["w"], prompt="a photo of a truck parked on a street",
                          dtype=dtype, settings=Settings(steps=variant["steps"], batch=variant["batch"],
-                                                        safety_checker=True, **VARIANT_SWITCHES[variant["variant"]]))
+                                                        safety_checker=True, **SWITCHES[variant["variant"]]))
     options = SimulateOptions(GPUS["h200"], warm_process=variant["before_build"] > 0)
     simulated = variant_simulators[dtype].run(request, options)
     assert within(variant["peak_allocated"], simulated.peak_allocated, 0.03)

@@ -1,5 +1,6 @@
-"""Print the markdown table of docs/measurements/README.md: every profile record of a measurement folder beside
-the seed formula and the simulation of its own settings for the card it was measured on.
+"""Print the markdown tables of docs/measurements/README.md: every profile record of a measurement folder beside
+the seed formula and the simulation of its own settings for the card it was measured on; then every line of
+its variants.jsonl (whole-pipeline runs with diffusers' switches) beside its simulation.
 
 usage: python tools/measurements_table.py [FOLDER]    (default docs/measurements/h200-2026-11-26)
 Needs the profile extra (it runs the simulator); the GPU key is taken from the folder's records' GPU name.
@@ -11,8 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+from gpu_variants import PROMPT, SWITCHES
+
+from sdvram.choices import DType
 from sdvram.gpus import GPUS, find_gpu
-from sdvram.requests import request_from_record
+from sdvram.requests import RunRequest, Settings, request_from_record
 from sdvram.simulate import SimulateOptions, Simulator
 
 GIB = 1024**3
@@ -48,6 +52,33 @@ def main(folder: Path) -> None:
         share = (smi - record["process_peak"]) / record["process_peak"] * 100
         print(f"| {path.stem} | nvidia-smi, this process | | {gib(smi)} | {gib(record['process_peak'])} | "
               f"{share:+.2f}% |")
+
+
+    variants(folder, gpu)
+
+
+def variants(folder: Path, gpu) -> None:  # type: ignore[no-untyped-def]
+    path = folder / "variants.jsonl"
+    if not path.exists():
+        return
+    print()
+    print("| variant | W x H | batch | dtype | measured peak allocated | simulated | error | measured peak reserved "
+          "| simulated | error |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    simulators: dict[DType, Simulator] = {}
+    for line in path.read_text().splitlines():
+        v = json.loads(line)
+        dtype = DType(v["dtype"])
+        simulator = simulators.setdefault(dtype, Simulator(dtype=dtype, safety_checker=True))
+        request = RunRequest(height=v["h"], width=v["w"], prompt=PROMPT, dtype=dtype,
+                             settings=Settings(steps=v["steps"], batch=v["batch"], safety_checker=True,
+                                               **SWITCHES[v["variant"]]))
+        simulated = simulator.run(request, SimulateOptions(gpu, warm_process=v["before_build"] > 0))
+        allocated = (simulated.peak_allocated - v["peak_allocated"]) / v["peak_allocated"] * 100
+        reserved = (simulated.peak_reserved - v["peak_reserved"]) / v["peak_reserved"] * 100
+        print(f"| {v['variant']} | {v['w']} x {v['h']} | {v['batch']} | {v['dtype']} | {gib(v['peak_allocated'])} | "
+              f"{gib(simulated.peak_allocated)} | {allocated:+.3f}% | {gib(v['peak_reserved'])} | "
+              f"{gib(simulated.peak_reserved)} | {reserved:+.2f}% |")
 
 
 if __name__ == "__main__":

@@ -478,7 +478,9 @@ class LiveTensorMeter(TorchDispatchMode):
     def _refused(self, info: Allocation, exc: AllocatorOutOfMemory) -> None:
         """A capacity refused an allocation: note the first, stop the run if asked, else lift the capacity."""
         if self.failure is None:
-            self.failure = Failure(info, exc, self.on_failure(info) if self.on_failure else None)
+            # Without its traceback: the frames it holds would keep every tensor of the failed call's callers
+            # alive (a frame references its caller), and the run goes on after the failure.
+            self.failure = Failure(info, exc.with_traceback(None), self.on_failure(info) if self.on_failure else None)
             if self.stop_at_failure:
                 raise StopRun() from exc
         self.accountant.lift_capacity()  # type: ignore[attr-defined]  # only the allocator has a capacity

@@ -40,8 +40,10 @@ class StageRecorder:
         self.peak_reserved: int | None = None
         self.peak_requested = 0
         self._started = 0.0
+        self._first_step: int | None = 0
         self.unet_call_peaks: list[int] = []
         self.snapshots: dict[str, Any] = {}  # stage name (or "overall") -> what was live at its peak
+        self.marks: list[tuple[str, int, int]] = []  # each stage's first and last step of the meter's timeline
 
     def begin(self, name: str) -> None:
         self.end()
@@ -49,6 +51,7 @@ class StageRecorder:
         self.current = StageRecord(name=name, allocated_start=self.meter.allocated())
         self.current.peak_allocated = self.current.allocated_start
         self._started = time.perf_counter()
+        self._first_step = self._steps()
 
     def checkpoint(self) -> int:
         peak = self.meter.take_peak()
@@ -76,12 +79,20 @@ class StageRecorder:
         stage, self.current = self.current, None
         stage.allocated_end = self.meter.allocated()
         stage.wall_s = time.perf_counter() - self._started
+        position = self._steps()
+        if position is not None:
+            self.marks.append((stage.name, self._first_step or 0, position))
         stage.completed = completed
         if stage.name == "unet":
             stage.unet_calls = len(self.unet_call_peaks)
             if self.unet_call_peaks:
                 stage.peak_call = 1 + self.unet_call_peaks.index(max(self.unet_call_peaks))
         self.stages.append(stage)
+
+    def _steps(self) -> int | None:
+        """Where the meter's timeline is now (None: it keeps none)."""
+        position = getattr(self.meter, "timeline_position", None)
+        return position() if position is not None else None
 
     @property
     def stage_name(self) -> str:
@@ -193,6 +204,36 @@ def finish_record(record: Record, recorder: StageRecorder, formula: Estimate, se
     record.peak_allocated = recorder.peak_allocated
     record.peak_reserved = recorder.peak_reserved
     record.notes = known_differences(record)
+
+
+TIMELINE_STAGE_POINTS = 400  # a record's timeline keeps at most this many steps a stage (each the most it covers)
+TIMELINE_ALIVE = 3  # what is alive at the peak: the largest module groups named
+
+
+def build_timeline(series: list[tuple[int, int | None]], marks: list[tuple[str, int, int]],
+                   explained: dict[str, Any] | None, unit: str = "aten ops in the order the pipeline ran them"
+                   ) -> dict[str, Any]:
+    """The meter's steps (one per aten op, the most allocated and reserved during it; on a GPU one per event of
+    the allocator's trace), cut to at most ``TIMELINE_STAGE_POINTS`` a stage by keeping the most of each run
+    of steps; the stages' spans in steps; the peak, with the largest groups alive there where ``--explain``
+    knows them."""
+    bounds = sorted({0, len(series), *(b for _, a, e in marks for b in (a, e) if 0 <= b <= len(series))})
+    x, allocated, reserved = [], [], []
+    for first, last in zip(bounds, bounds[1:], strict=False):  # each stage (and gap) cut on its own
+        per = max(1, -(-(last - first) // TIMELINE_STAGE_POINTS))
+        for start in range(first, last, per):
+            chunk = series[start:min(start + per, last)]
+            x.append(start + len(chunk))
+            allocated.append(max(a for a, _ in chunk))
+            values = [r for _, r in chunk if r is not None]
+            reserved.append(max(values) if values else None)
+    top = max(range(len(series)), key=lambda i: series[i][0]) if series else 0
+    stage = next((name for name, first, last in marks if first <= top < last), "between stages")
+    alive = [{"module": g["module"], "bytes": g["bytes"]}
+             for g in ((explained or {}).get("overall") or {}).get("groups", [])[:TIMELINE_ALIVE]]
+    return {"unit": unit, "x": x, "allocated": allocated,
+            "reserved": reserved, "stages": [{"name": n, "start": a, "end": b} for n, a, b in marks],
+            "peak": {"x": top + 1, "allocated": series[top][0] if series else 0, "stage": stage, "alive": alive}}
 
 
 def known_differences(record: Record) -> list[str]:

@@ -16,7 +16,16 @@ from PIL import Image
 
 from sdvram.accounting import LiveBytes
 from sdvram.choices import Offload, Weights
-from sdvram.engine import Progress, StageRecorder, finish_record, new_record, resolve, run_instrumented, track_weights
+from sdvram.engine import (
+    Progress,
+    StageRecorder,
+    build_timeline,
+    finish_record,
+    new_record,
+    resolve,
+    run_instrumented,
+    track_weights,
+)
 from sdvram.errors import InputError, NoCudaError
 from sdvram.images import load_rgb
 from sdvram.meters import CudaMeter, LiveTensorMeter, Meter
@@ -71,7 +80,8 @@ def profile(request: RunRequest, options: ProfileOptions, progress: Progress | N
     dtype = request.resolved_dtype(on_gpu)
     picture = (load_rgb(request.image, request.min_side) if request.image is not None
                else synthetic_image(formula.seed.width, formula.seed.height))
-    meter: Meter = CudaMeter(device) if on_gpu else LiveTensorMeter("cpu", LiveBytes())
+    meter: Meter = (CudaMeter(device, timeline=options.timeline) if on_gpu
+                    else LiveTensorMeter("cpu", LiveBytes(), timeline=options.timeline))
     record = new_record("profile", request, formula, device=str(device), dtype=dtype.value,
                         weights=options.weights.value, model=options.resolved_model, attention="auto")
     recorder = StageRecorder(meter)
@@ -101,6 +111,11 @@ def profile(request: RunRequest, options: ProfileOptions, progress: Progress | N
         record.device_peak = meter.device_peak()
         record.process_peak = getattr(meter, "process_peak", None)
     finish_record(record, recorder, formula, request.settings)
+    series = meter.timeline_series() if options.timeline else None  # type: ignore[attr-defined]
+    if series:
+        record.timeline = build_timeline(series, recorder.marks, None, unit=(
+            "allocator events (each alloc and free) in order" if on_gpu
+            else "aten ops in the order the pipeline ran them"))
     image = output.images[0] if record.status == "completed" and output is not None else None
     return ProfileResult(record, image)
 

@@ -142,6 +142,7 @@ class Record:
     failed_stage: str | None = None
     simulation: Simulation | None = None  # kind "simulate": what the simulation modelled
     compared: Record | None = None  # a profile on a GPU: the simulation of the same settings
+    timeline: dict[str, Any] | None = None  # memory over the run, when asked for (``engine.build_timeline``)
 
     @property
     def peak_stage(self) -> str | None:
@@ -202,4 +203,5 @@ class Record:
             failed_stage=data["failed_stage"],
             simulation=sim,
             compared=cls.from_json(data["compared"]) if data.get("compared") else None,
+            timeline=data.get("timeline"),
         )

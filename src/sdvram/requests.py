@@ -92,6 +92,7 @@ class ProfileOptions:
     weights: Weights = Weights.pretrained
     model: str | None = None  # a hub id or folder for pretrained weights (None: SD v1.5's hub id)
     save_image: Path | None = None
+    timeline: bool = False  # keep the memory over the run (Record.timeline)
 
     @property
     def resolved_model(self) -> str | None:

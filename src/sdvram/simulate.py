@@ -52,7 +52,16 @@ from sdvram.attention import (
     needs_output_accumulator,
 )
 from sdvram.choices import Architecture, DType, Kernel, Offload
-from sdvram.engine import Progress, StageRecorder, finish_record, new_record, patched, resolve, run_instrumented
+from sdvram.engine import (
+    Progress,
+    StageRecorder,
+    build_timeline,
+    finish_record,
+    new_record,
+    patched,
+    resolve,
+    run_instrumented,
+)
 from sdvram.errors import InputError
 from sdvram.gpus import GpuSpec
 from sdvram.meters import (
@@ -87,6 +96,7 @@ class SimulateOptions:
     # The process ran a matrix multiply before this pipeline was built (a harness running variants one after
     # another, as tools/gpu_variants.py does): the cuBLAS workspaces are held before the weights load.
     warm_process: bool = False
+    timeline: bool = False  # keep the memory over the run (Record.timeline)
 
 
 class Simulator:
@@ -142,6 +152,7 @@ class Simulator:
             owner=lambda: stack[-1] if stack else "pipeline",
             library=libraries,
             on_failure=lambda allocation: recorder_box[0].stage_name, stop_at_failure=options.stop_at_failure,
+            timeline=options.timeline,
         )
         record = new_record("simulate", request, formula, device="meta", dtype=self.dtype.value, weights="random",
                             model=None, attention=options.attention.value)
@@ -193,6 +204,8 @@ class Simulator:
             assumptions=gpu.assumptions(), fit=_fit(gpu, meter),
             explain={name: explain(s) for name, s in recorder.snapshots.items()} if options.explain else None,
         )
+        if meter.series is not None:
+            record.timeline = build_timeline(meter.series, recorder.marks, record.simulation.explain)
         return record
 
     def _fresh_scheduler(self, host_is_device: bool) -> list[torch.Tensor]:

@@ -102,3 +102,22 @@ def replay(data: dict[str, Any]) -> Replay:
                   + [(b.addr, b.size, True) for b in blocks.values()])
     return Replay(len(events), allocs, misplaced, made == real_segments, mine == real_blocks, model,
                   dict(data.get("stats", {})))
+
+
+def allocation_series(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(allocated, reserved) after each event of a trace, as the allocator counted them: the requests replayed
+    through the model with the trace's segment addresses (exact where ``replay`` is, which the committed traces
+    show); a trace records requests, not the rounded blocks ``memory_allocated`` counts. Events of a trace that
+    began mid-run (a free of a block it never saw allocated) are skipped."""
+    bases = iter([e["addr"] for e in events if e["action"] == "segment_alloc"])
+    model = CachingAllocator(segment_address=lambda size: next(bases))
+    blocks: dict[int, Block] = {}
+    series = []
+    for event in events:
+        action = event["action"]
+        if action == "alloc":
+            blocks[event["addr"]] = model.malloc(event["size"])
+        elif action == "free_completed" and event["addr"] in blocks:
+            model.free(blocks.pop(event["addr"]))
+        series.append((model.allocated, model.reserved))
+    return series

@@ -4,7 +4,8 @@ costs; and a 15-size sweep that builds the models once.
 
 Usage: python benchmarks/simulate.py [RUNS]   (default 1 whole-process run per size)
 Targets (issues), on the 2-core development machine: under 10 s per whole process at 2048 x 2048, of which the
-allocator model at most 1 s; under 2 GB of host memory at 16384 x 16384 batch 64; the sweep under 60 s.
+allocator model at most 1 s; under 2 GB of host memory at 16384 x 16384 batch 64; a 15-size sweep under 60 s
+(in this process, and `sdvram sweep` as a whole process).
 Prints figures; asserts nothing.
 """
 
@@ -94,7 +95,17 @@ def sweep() -> None:
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
+def sweep_command() -> None:
+    """`sdvram sweep` as a user runs it: 15 sizes (256 to 2048 by 128) on one card, the whole process."""
+    script = shutil.which("sdvram")
+    assert script is not None
+    start = time.perf_counter()
+    subprocess.run([script, "sweep", "--gpu", "rtx3060"], check=True, capture_output=True)
+    print(f"sdvram sweep --gpu rtx3060 (15 sizes, 256 to 2048 px): {time.perf_counter() - start:.1f} s, whole process")
+
+
 if __name__ == "__main__":
     whole_process(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     allocator_cost()
     sweep()
+    sweep_command()

@@ -5,6 +5,7 @@ The library names parameters (``height``); ``FLAGS`` spells them as this interfa
 """
 
 
+import json
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,8 @@ FLAGS = {
     "architecture": "--architecture", "device": "--device", "weights": "--weights", "model": "--model",
     "gpu": "--gpu", "vram": "--vram", "arch": "--arch", "attention": "--attention", "json": "--json",
     "save_image": "--save-image", "units": "--units", "vae_tiling": "--vae-tiling", "vae_slicing": "--vae-slicing",
-    "attention_slicing": "--attention-slicing", "offload": "--offload", "aspect": "--aspect",
+    "attention_slicing": "--attention-slicing", "offload": "--offload", "aspect": "--aspect", "sizes": "--sizes",
+    "csv": "--csv", "png": "--png", "timeline": "--timeline", "out": "--out", "file": "FILE",
 }
 ATTENTION_SLICING = "--attention-slicing"
 SLICE_SIZES = ("auto", "max")
@@ -159,6 +161,9 @@ OffloadOpt = Annotated[Offload, typer.Option(
     "--offload", case_sensitive=False,
     help="model: pipe.enable_model_cpu_offload() (one model on the GPU at a time); sequential: "
          "enable_sequential_cpu_offload() (one layer's weights at a time; slow). Needs accelerate.")]
+TimelineOpt = Annotated[Path | None, typer.Option(
+    "--timeline", metavar="PATH",
+    help="Plot memory over the run with its stages (.png or .svg; needs the plot extra); the JSON keeps it.")]
 StepsOpt = Annotated[str, typer.Option("--steps", metavar="N",
                                        help="num_inference_steps (the loop runs steps x strength of them).")]
 StrengthOpt = Annotated[str, typer.Option("--strength", metavar="X", help="img2img strength, above 0 to 1.")]
@@ -284,6 +289,7 @@ def profile(
     json_path: JsonOpt = None,
     save_image: Annotated[Path | None, typer.Option(
         "--save-image", metavar="PATH", help="Keep the pipeline's output image (format from the extension).")] = None,
+    timeline: TimelineOpt = None,
     units: UnitsOpt = Units.gib,
     verbose: Annotated[bool, typer.Option("--verbose", help="Also list what the simulation does not model.")] = False,
 ) -> None:
@@ -296,7 +302,8 @@ def profile(
         settings = _settings(steps, strength, guidance, batch, seed, safety_checker, vae_tiling, vae_slicing,
                              attention_slicing, offload)
         request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings)
-        options = ProfileOptions(device=device, weights=weights, model=model, save_image=save_image)
+        options = ProfileOptions(device=device, weights=weights, model=model, save_image=save_image,
+                                 timeline=timeline is not None)
         check_profile_options(options, architecture)
         check_switches_on_device(settings, device)
         if offload is not Offload.none:
@@ -309,7 +316,7 @@ def profile(
         if architecture is Architecture.sd15 and device == "cpu":
             say("note: SD v1.5 on a CPU takes a long time (each of the 41 UNet calls runs for seconds); "
                 "--architecture tiny --weights random checks the same pipeline in seconds.")
-        _run_and_deliver("profile", request, options, json_path, save_image, units, verbose)
+        _run_and_deliver("profile", request, options, json_path, save_image, units, verbose, timeline)
 
 
 @app.command()
@@ -343,6 +350,7 @@ def simulate(
              "torch.nn.attention.sdpa_kernel allows (an error where that kernel cannot run).")] = Kernel.auto,
     explain: Annotated[bool, typer.Option(
         "--explain", help="List what is live at each peak, grouped by the module that made it.")] = False,
+    timeline: TimelineOpt = None,
     json_path: JsonOpt = None,
     units: UnitsOpt = Units.gib,
     verbose: Annotated[bool, typer.Option("--verbose", help="Also list what the simulation does not model.")] = False,
@@ -361,8 +369,9 @@ def simulate(
 
         check_switches_on_device(settings, "cuda" if target.is_cuda else "cpu")
         resolve(request)
-        options = SimulateOptions(target, attention, explain)
-        _run_and_deliver("simulate", request, options, json_path, None, units, verbose)
+        # a timeline names what is alive at its peak: the explain snapshots are kept for it
+        options = SimulateOptions(target, attention, explain or timeline is not None, timeline=timeline is not None)
+        _run_and_deliver("simulate", request, options, json_path, None, units, verbose, timeline, explain)
 
 
 @app.command()
@@ -423,6 +432,175 @@ def fit(
             say(f"wrote {json_path}")
 
 
+@app.command()
+def sweep(
+    sizes: Annotated[str, typer.Option(
+        "--sizes", metavar="START:STOP:STEP|A,B,...",
+        help="Long sides in pixels, multiples of 8: a range (stop included) or a list.")] = "256:2048:128",
+    aspect: Annotated[str, typer.Option("--aspect", metavar="W:H", help="Aspect ratio, width to height.")] = "1:1",
+    gpu: Annotated[list[str] | None, typer.Option(
+        "--gpu", metavar="NAME", help=f"A card, as often as wanted: {', '.join(GPUS)} [default: {DEFAULT_GPU}].")
+    ] = None,
+    vram: Annotated[str | None, typer.Option(
+        "--vram", metavar="SIZE", help="Another card: its memory, e.g. 8GB or 12GiB (with --arch).")] = None,
+    arch: Annotated[str | None, typer.Option(
+        "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")] = None,
+    dtype: DTypeOpt = None,
+    steps: StepsOpt = "50",
+    strength: StrengthOpt = "0.8",
+    guidance: GuidanceOpt = "5.0",
+    batch: BatchOpt = "1",
+    safety_checker: SafetyOpt = False,
+    vae_tiling: VaeTilingOpt = False,
+    vae_slicing: VaeSlicingOpt = False,
+    attention_slicing: AttentionSlicingOpt = None,
+    offload: OffloadOpt = Offload.none,
+    csv_path: Annotated[Path | None, typer.Option(
+        "--csv", metavar="PATH", help="Write one CSV line per size and card (bytes), whole or not at all.")] = None,
+    json_path: JsonOpt = None,
+    png_path: Annotated[Path | None, typer.Option(
+        "--png", metavar="PATH", help="Plot peak against megapixels (.png or .svg; needs the plot extra).")] = None,
+    units: UnitsOpt = Units.gib,
+) -> None:
+    """Simulate a range of image sizes on one or more cards (the pipeline built once): a table per card, and
+    CSV, JSON and a plot on request."""
+    with failures():
+        _require_profile_extra()
+        from sdvram.inputs import parse_aspect, parse_sizes
+
+        sides = parse_sizes(sizes)
+        shape = parse_aspect(aspect)
+        common = math.gcd(*shape)
+        shape = (shape[0] // common, shape[1] // common)
+        cards = [_target(None, vram, arch)] if vram is not None else []
+        if arch is not None and vram is None:
+            _target(None, None, arch)  # --arch without --vram: its sentence
+        from sdvram.gpus import find_gpu
+
+        cards += [find_gpu(name) for name in (gpu or ([] if cards else [DEFAULT_GPU]))]
+        settings = _settings(steps, strength, guidance, batch, "0", safety_checker, vae_tiling, vae_slicing,
+                             attention_slicing, offload)
+        from sdvram.engine import resolve
+        from sdvram.requests import RunRequest, check_switches_on_device
+
+        for card in cards:
+            check_switches_on_device(settings, "cuda" if card.is_cuda else "cpu")
+        request = RunRequest(height=512, width=512, dtype=dtype, settings=settings)
+        resolve(request)
+        plot_fmt = _plot_format(png_path, "png")
+        from sdvram.report import sweep_tables, to_json
+        from sdvram.sweep import sweep as run_sweep
+
+        pendings = _reserve_all([(csv_path, "CSV table", "csv"), (json_path, "JSON document", "json"),
+                                 (png_path, "plot", "png")])
+        try:
+            with search_progress("simulating: {task.completed} of {task.total} sizes") as progress:
+                result = run_sweep(request, sides, shape, cards, progress)
+        except BaseException:
+            for pending in pendings.values():
+                pending.discard()
+            raise
+        document = result.to_json()
+        if json_path == STDOUT:
+            sys.stdout.write(to_json(document) + "\n")
+        else:
+            out.print(sweep_tables(document, units))
+        _deliver_files(pendings, {"csv": lambda p: p.commit_text(result.to_csv()),
+                                  "json": lambda p: p.commit_text(to_json(document) + "\n"),
+                                  "png": lambda p: _commit_plot(p, "sweep", document, plot_fmt)})
+
+
+@app.command()
+def plot(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A sweep's JSON, or a record's with a timeline.",
+                                         show_default=False)],
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", metavar="PATH", help="The plot: .png or .svg [default: FILE with .png].")] = None,
+) -> None:
+    """Draw a saved result: the memory of a sweep against image size, or a record's memory over the run."""
+    with failures():
+        target = out_path or file.with_suffix(".png")
+        fmt = _plot_format(target, "out")
+        from sdvram.errors import InputError
+        from sdvram.plots import figure_for
+
+        try:
+            document = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError("{file} '{path}' does not exist.", params=("file",), path=file) from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError("{file} '{path}' is not a JSON document ({why}).", params=("file",), path=file,
+                             why=exc) from None
+        if not isinstance(document, dict):
+            raise InputError("{file} '{path}' is not a JSON object.", params=("file",), path=file)
+        pendings = _reserve_all([(target, "plot", "out")])
+        try:
+            figure = figure_for(document)
+        except (KeyError, TypeError, ValueError) as exc:
+            for pending in pendings.values():
+                pending.discard()
+            raise InputError("{file} '{path}' does not hold what a sweep or a timeline holds ({why}).",
+                             params=("file",), path=file, why=exc) from None
+        except BaseException:
+            for pending in pendings.values():
+                pending.discard()
+            raise
+        from sdvram import plots
+
+        _deliver_files(pendings, {"out": lambda p: p.commit_with(lambda h: plots.save(figure, h, fmt or "png"))})
+
+
+def _plot_format(path: Path | None, param: str) -> str | None:
+    """The plot's format (png or svg), and the plot extra checked, before any run."""
+    if path is None:
+        return None
+    from sdvram.extras import PLOT_MODULES, require_profile_extra
+    from sdvram.plots import plot_format
+
+    fmt = plot_format(path, param)
+    require_profile_extra(PLOT_MODULES, extra="plot")
+    return fmt
+
+
+def _reserve_all(outputs: list[tuple[Any, str, str]]) -> dict[str, Any]:
+    """Reserve each output asked for (checked writable before any run), or none of them."""
+    from sdvram.outputs import reserve
+
+    pendings: dict[str, Any] = {}
+    try:
+        for path, what, param in outputs:
+            pending = reserve(path, what, param)
+            if pending is not None:
+                pendings[param] = pending
+    except BaseException:
+        for pending in pendings.values():
+            pending.discard()
+        raise
+    return pendings
+
+
+def _deliver_files(pendings: dict[str, Any], writers: dict[str, Callable[[Any], None]]) -> None:
+    """Write each reserved output; a write that fails is reported after the others (exit 6)."""
+    problems = []
+    for param, pending in pendings.items():
+        try:
+            writers[param](pending)
+            say(f"wrote {pending.path}")
+        except WriteError as exc:
+            problems.append(exc)
+    for problem in problems:
+        say(f"error: {problem.render(FLAGS)}")
+    if problems:
+        raise typer.Exit(problems[0].exit_code)
+
+
+def _commit_plot(pending: Any, kind: str, document: dict[str, Any], fmt: str | None) -> None:
+    from sdvram import plots
+
+    figure = plots.sweep_figure(document) if kind == "sweep" else plots.timeline_figure(document)
+    pending.commit_with(lambda handle: plots.save(figure, handle, fmt or "png"))
+
+
 def _aspect(image: Path | None, aspect: str | None) -> tuple[int, int]:
     from sdvram.errors import InputError
     from sdvram.inputs import parse_aspect
@@ -460,20 +638,16 @@ def _require_profile_extra() -> None:
 
 
 def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | None, image_path: Path | None,
-                     units: Units, verbose: bool) -> None:
-    """Reserve the outputs, run, then deliver: the JSON first, the table, the image; a write that fails
-    at the end is reported after the table (exit 6), never losing what could be printed."""
-    from sdvram.outputs import image_format, reserve
+                     units: Units, verbose: bool, timeline_path: Path | None = None,
+                     show_explain: bool = False) -> None:
+    """Reserve the outputs, run, then deliver: the JSON first, the table, the image, the timeline plot; a write
+    that fails at the end is reported after the table (exit 6), never losing what could be printed."""
+    from sdvram.outputs import image_format
 
     image_fmt = image_format(image_path, "save_image") if image_path is not None else None
-    pending_json = reserve(json_path, "JSON record", "json")
-    try:
-        pending_image = reserve(image_path, "output image", "save_image")
-    except BaseException:
-        if pending_json is not None:
-            pending_json.discard()
-        raise
-    pendings = [p for p in (pending_json, pending_image) if p is not None]
+    plot_fmt = _plot_format(timeline_path, "timeline")
+    pendings = _reserve_all([(json_path, "JSON record", "json"), (image_path, "output image", "save_image"),
+                             (timeline_path, "timeline plot", "timeline")])
     try:
         with unet_progress() as progress:
             if kind == "profile":
@@ -486,31 +660,33 @@ def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | Non
 
                 record, picture = simulate_with_advice(request, options, progress), None
     except BaseException:
-        for pending in pendings:
+        for pending in pendings.values():
             pending.discard()
         raise
-    _deliver(record, picture, json_path, pending_json, pending_image, image_fmt, units, verbose)
+    _deliver(record, picture, json_path, pendings, image_fmt, plot_fmt, units, verbose, show_explain)
 
 
-def _deliver(record: Any, picture: Any, json_path: str | None, pending_json: Any, pending_image: Any,
-             image_fmt: str | None, units: Units, verbose: bool) -> None:
+def _deliver(record: Any, picture: Any, json_path: str | None, pendings: dict[str, Any], image_fmt: str | None,
+             plot_fmt: str | None, units: Units, verbose: bool, show_explain: bool) -> None:
     from sdvram.profiler import oom_message
     from sdvram.report import explain_tables, record_view, to_json
 
     problems: list[SdvramError] = []
-    document = to_json(record.to_json()) + "\n"
+    document = record.to_json()
+    pending_json = pendings.get("json")
     if json_path == STDOUT:
-        sys.stdout.write(document)
+        sys.stdout.write(to_json(document) + "\n")
     else:
         if pending_json is not None:
             try:
-                pending_json.commit_text(document)
+                pending_json.commit_text(to_json(document) + "\n")
                 say(f"wrote {json_path}")
             except WriteError as exc:
                 problems.append(exc)
         out.print(record_view(record, units, verbose))
-        if record.simulation is not None and record.simulation.explain:
+        if show_explain and record.simulation is not None and record.simulation.explain:
             out.print(explain_tables(record, units))
+    pending_image = pendings.get("save_image")
     if pending_image is not None:
         if picture is None:
             pending_image.discard()
@@ -521,6 +697,17 @@ def _deliver(record: Any, picture: Any, json_path: str | None, pending_json: Any
                 say(f"wrote {pending_image.path}")
             except WriteError as exc:
                 problems.append(WriteError(f"{exc}" + (" The JSON record was written." if pending_json else "")))
+    pending_plot = pendings.get("timeline")
+    if pending_plot is not None:
+        if record.timeline is None:
+            pending_plot.discard()
+            say("note: no timeline was drawn: the run kept none.")
+        else:
+            try:
+                _commit_plot(pending_plot, "timeline", document, plot_fmt)
+                say(f"wrote {pending_plot.path}")
+            except WriteError as exc:
+                problems.append(exc)
     if record.status == "out_of_memory":
         problems.insert(0, OutOfMemoryError(oom_message(record)))
     for problem in problems:
@@ -554,12 +741,11 @@ def unet_progress() -> Iterator[Callable[[int, int], None]]:
 
 
 @contextmanager
-def search_progress() -> Iterator[Callable[[int, int], None]]:
-    """A counter of the simulated runs a search has made, on stderr, only on a terminal."""
+def search_progress(text: str = "searching: {task.completed} simulated runs") -> Iterator[Callable[[int, int], None]]:
+    """A counter of the simulated runs a search or sweep has made, on stderr, only on a terminal."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    bar = Progress(SpinnerColumn(), TextColumn("searching: {task.completed} simulated runs"), TimeElapsedColumn(),
-                   console=err, transient=True)
+    bar = Progress(SpinnerColumn(), TextColumn(text), TimeElapsedColumn(), console=err, transient=True)
     task = bar.add_task("fit", total=None)
 
     def advance(done: int, total: int) -> None:
@@ -567,7 +753,7 @@ def search_progress() -> Iterator[Callable[[int, int], None]]:
             return
         if not bar.live.is_started:
             bar.start()
-        bar.update(task, completed=done)
+        bar.update(task, completed=done, total=total)
 
     try:
         yield advance

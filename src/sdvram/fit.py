@@ -98,13 +98,17 @@ class FitResult:
                 "weights": self.weights, "options": [o.to_json() for o in self.options]}
 
 
-def size_for(units: int, aspect: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) with the long side ``units`` x 8 pixels and the short side in proportion, rounded down to a
-    multiple of 8 (at least 8)."""
-    long_side = units * UNIT
+def shape(long_side: int, aspect: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) with the long side ``long_side`` pixels and the short side in proportion, rounded down to
+    a multiple of 8 (at least 8)."""
     w, h = aspect
     short = max(UNIT, int(long_side * min(w, h) / max(w, h)) // UNIT * UNIT)
     return (long_side, short) if w >= h else (short, long_side)
+
+
+def size_for(units: int, aspect: tuple[int, int]) -> tuple[int, int]:
+    """``shape`` for a long side of ``units`` x 8 pixels."""
+    return shape(units * UNIT, aspect)
 
 
 def _try(simulator: Simulator, request: RunRequest, gpu: GpuSpec, switches: tuple[str, ...], width: int,

@@ -129,3 +129,38 @@ def parse_aspect(value: str, param: str = "aspect") -> tuple[int, int]:
         raise InputError(f"{{{param}}} must be width:height in whole numbers from 1, such as 3:2 or 16:9; got "
                          "'{got}'.", params=(param,), got=value)
     return width, height
+
+
+MAX_SWEEP_POINTS = 200  # a guard against typos (256:16384:1); each point is a simulation of about a second
+
+
+def parse_sizes(value: str, param: str = "sizes") -> list[int]:
+    """Image sides as typed: "256:2048:128" (start:stop:step, stop included when the steps reach it) or a list,
+    "512,768,1024". Each a multiple of 8 from 8 to 16384 pixels; at most 200 of them."""
+    text = str(value).strip()
+
+    def refuse() -> InputError:
+        return InputError(f"{{{param}}} must be START:STOP:STEP or a comma-separated list of sides in pixels, each "
+                          "from {low} to {high}, such as 256:2048:128 or 512,768,1024; got '{got}'.",
+                          params=(param,), low=MIN_SIDE, high=MAX_SIDE, got=value)
+
+    try:
+        if ":" in text:
+            start, stop, step = (int(part, 10) for part in text.split(":"))
+            if step < 1 or stop < start:
+                raise refuse()
+            sides = list(range(start, stop + 1, step))
+        else:
+            sides = [int(part, 10) for part in text.split(",")]
+    except ValueError:
+        raise refuse() from None
+    if not sides or any(not MIN_SIDE <= side <= MAX_SIDE for side in sides):
+        raise refuse()
+    odd = [side for side in sides if side % VAE_SCALE_FACTOR]
+    if odd:
+        raise InputError(f"{{{param}}} must be multiples of {{unit}} pixels (the pipeline crops to them); got {{got}}.",
+                         params=(param,), unit=VAE_SCALE_FACTOR, got=odd[0])
+    if len(sides) > MAX_SWEEP_POINTS:
+        raise InputError(f"{{{param}}} gives {{n}} sizes; at most {{most}} are swept at once.", params=(param,),
+                         n=len(sides), most=MAX_SWEEP_POINTS)
+    return sides

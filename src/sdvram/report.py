@@ -39,6 +39,8 @@ NOT_MODELLED = (
 )
 
 
+SHORT_STAGE = {"vae_encode": "VAE enc.", "vae_decode": "VAE dec.", "unet": "UNet", "text_encoder": "text enc.",
+               "safety_checker": "checker", "load": "load"}  # the sweep table's narrow "peak in" column
 SLOW_MARK = " *"  # beside sequential offload in the tables; a note says why
 SWITCH_SHORT = {"vae_slicing": "VAE slicing", "vae_tiling": "VAE tiling", "attention_slicing": "attn. slicing",
                 "model_offload": "model offload", "sequential_offload": "seq. offload"}
@@ -309,6 +311,39 @@ def fit_table(result: Any, units: Units) -> Group:
         notes.append(f"{SLOW_MARK.strip()} Sequential CPU offload moves every layer's weights over the bus at every "
                      "call: expect it to run many times slower.")
     return Group(answer, heading, table, *[Text(f"- {note}") for note in notes])
+
+
+def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
+    """``sdvram sweep``: for each card, one row per size: the seed formula, the simulated peaks, the stage of the
+    peak, whether it fits."""
+    aw, ah = sweep["aspect"]
+    switches = switches_text(sweep["switches"])
+    parts: list[Any] = [Text(f"Simulated SD v1.5 img2img, aspect {aw}:{ah}, {sweep['dtype']}, batch {sweep['batch']}, "
+                             f"guidance {sweep['guidance']:g}, safety checker "
+                             f"{'on' if sweep['safety_checker'] else 'off'}, switches: {switches}", style="italic")]
+    for key in sweep["gpus"]:
+        rows = [r for r in sweep["rows"] if r["gpu"] == key]
+        if not rows:
+            continue
+        capacity = rows[0]["capacity"]
+        title = rows[0]["gpu_name"] + (f", {format_bytes(capacity, units)} usable" if capacity else "")
+        table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", caption=f"figures in {unit_label(units)}")
+        table.add_column("W x H", justify="right", no_wrap=True)
+        table.add_column("MP", justify="right")
+        table.add_column("seed formula", justify="right")
+        table.add_column("peak allocated", justify="right")
+        table.add_column("peak reserved", justify="right")
+        table.add_column("peak in")
+        table.add_column("fits", justify="center")
+        for row in rows:
+            fits = "" if row["fits"] is None else ("yes" if row["fits"] else "no")
+            stage = SHORT_STAGE.get(row["peak_stage"], label(row["peak_stage"]))
+            table.add_row(f"{row['width']} x {row['height']}", f"{row['megapixels']:.2f}",
+                          format_number(row["formula_total"], units), format_number(row["peak_allocated"], units),
+                          _maybe(row["peak_reserved"], units), stage, fits,
+                          style="red" if row["fits"] is False else None)
+        parts.append(table)
+    return Group(*parts)
 
 
 def short_module(name: str, width: int = MODULE_WIDTH) -> str:

@@ -1,0 +1,172 @@
+"""`sdvram sweep`, timelines and `sdvram plot`: the sweep's rows against simulations run here one by one, the
+files it writes, each plot rendered on the CPU and its plotted data read back from the figure's artists
+(not its pixels), and the GPU timeline's series from a real H200 allocator trace."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("matplotlib")
+
+from sdvram import plots  # noqa: E402
+from sdvram.choices import Architecture, Weights  # noqa: E402
+from sdvram.cli import app  # noqa: E402
+from sdvram.gpus import GPUS  # noqa: E402
+from sdvram.profiler import profile  # noqa: E402
+from sdvram.requests import ProfileOptions, RunRequest, Settings  # noqa: E402
+from sdvram.simulate import SimulateOptions, Simulator  # noqa: E402
+from sdvram.traces import allocation_series, load_trace  # noqa: E402
+from sdvram.units import GIB  # noqa: E402
+
+from .conftest import IMAGES, MEASURED  # noqa: E402
+
+runner = CliRunner()
+DATA = Path(__file__).parent / "data"
+PNG_PIXELS = (1000, 600)  # plots.SIZE_INCHES at plots.DPI
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("sweep")
+    paths = {"csv": folder / "s.csv", "json": folder / "s.json", "png": folder / "s.png"}
+    result = runner.invoke(app, ["sweep", "--sizes", "256,512", "--aspect", "3:2", "--gpu", "t4", "--gpu", "h100",
+                                 "--steps", "10", "--safety-checker", "--csv", str(paths["csv"]),
+                                 "--json", str(paths["json"]), "--png", str(paths["png"])])
+    assert result.exit_code == 0, result.output
+    return paths
+
+
+def test_sweep_rows_are_the_simulations_of_each_size(swept: dict[str, Path]) -> None:
+    document = json.loads(swept["json"].read_text())
+    assert [(r["gpu"], r["width"], r["height"]) for r in document["rows"]] == [
+        ("t4", 256, 168), ("t4", 512, 336), ("h100", 256, 168), ("h100", 512, 336)]
+    simulator = Simulator(safety_checker=True)
+    for row in document["rows"]:  # each point again, on its own
+        alone = simulator.run(RunRequest(width=row["width"], height=row["height"],
+                                         settings=Settings(steps=10, safety_checker=True)),
+                              SimulateOptions(GPUS[row["gpu"]]))
+        assert row["peak_allocated"] == alone.peak_allocated and row["peak_reserved"] == alone.peak_reserved
+        assert row["stages"] == {s.name: s.peak_allocated for s in alone.stages}
+        assert row["fits"] is True and row["megapixels"] == pytest.approx(row["width"] * row["height"] / 1e6)
+    rows = list(csv.DictReader(swept["csv"].read_text().splitlines()))
+    assert [int(r["peak_allocated"]) for r in rows] == [r["peak_allocated"] for r in document["rows"]]
+    assert [int(r["peak_vae_decode"]) for r in rows] == [r["stages"]["vae_decode"] for r in document["rows"]]
+
+
+def test_sweep_plot_draws_the_rows(swept: dict[str, Path]) -> None:
+    with Image.open(swept["png"]) as image:
+        assert image.format == "PNG" and image.size == PNG_PIXELS
+    document = json.loads(swept["json"].read_text())
+    figure = plots.sweep_figure(document)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    t4 = [r for r in document["rows"] if r["gpu"] == "t4"]
+    whole = lines[f"whole run, simulated ({GPUS['t4'].name})"]
+    assert list(whole.get_xdata()) == [r["megapixels"] for r in t4]
+    assert list(whole.get_ydata()) == [r["peak_allocated"] / GIB for r in t4]
+    assert list(lines["seed formula total"].get_ydata()) == [r["formula_total"] / GIB for r in t4]
+    assert list(lines["VAE decoder peak"].get_ydata()) == [r["stages"]["vae_decode"] / GIB for r in t4]
+    # each card's usable memory: a horizontal line, or, far above the curves (here), named in the title
+    title = figure.axes[0].get_title()
+    for key in ("t4", "h100"):
+        drawn = [line for line in lines.values() if list(line.get_ydata()) == [GPUS[key].capacity / GIB] * 2]
+        assert drawn or f"{GPUS[key].name} ({GPUS[key].capacity / GIB:.1f} GiB usable) is above the plot" in title
+    near = plots.sweep_figure({**document, "rows": [{**r, "capacity": 4 * GIB} for r in document["rows"]]})
+    assert [4.0, 4.0] in [list(line.get_ydata()) for line in near.axes[0].get_lines()]
+
+
+def test_measured_points_join_a_sweep_with_their_settings() -> None:
+    document = {"aspect": [1, 1], "dtype": "float16", "batch": 1, "guidance": 5.0, "safety_checker": True,
+                "switches": []}
+    sizes = {(p["width"], p["height"]) for p in plots.matching_points(document)}
+    assert {(512, 512), (2048, 2048)} <= sizes and (392, 376) not in sizes  # the balloon is not 1:1
+    tiled = plots.matching_points({**document, "switches": ["vae_tiling"]})
+    assert [(p["width"], p["peak_allocated"]) for p in tiled] == [(2048, 4998141952)]  # variants.jsonl
+
+
+def test_simulated_timeline_follows_the_run() -> None:
+    request = RunRequest(height=512, width=512, settings=Settings(steps=10))
+    simulator = Simulator()
+    record = simulator.run(request, SimulateOptions(GPUS["t4"], timeline=True, explain=True))
+    timeline = record.timeline
+    assert max(timeline["allocated"]) == record.peak_allocated == timeline["peak"]["allocated"]
+    assert [s["name"] for s in timeline["stages"]] == [s.name for s in record.stages]
+    assert all(a["end"] <= b["start"] for a, b in zip(timeline["stages"], timeline["stages"][1:], strict=False))
+    assert timeline["peak"]["stage"] == record.peak_stage and timeline["peak"]["alive"]
+    # replayed UNet calls take the steps of the call they replay: the same timeline as running every call
+    every = simulator.run(request, SimulateOptions(GPUS["t4"], timeline=True, explain=True, replay=False)).timeline
+    assert timeline["x"] == every["x"]
+    assert all(abs(a - b) <= 2 * 1024**2 for a, b in zip(timeline["allocated"], every["allocated"], strict=True))
+    figure = plots.timeline_figure(record.to_json())
+    drawn = figure.axes[0].get_lines()[0]
+    assert list(drawn.get_ydata()) == [v / GIB for v in timeline["allocated"]]
+
+
+def test_cpu_profile_timeline_peaks_at_the_record_s_peak(tmp_path: Path) -> None:
+    record = profile(RunRequest(height=64, width=96, prompt="a cat", architecture=Architecture.tiny,
+                                settings=Settings(steps=10)),
+                     ProfileOptions(device="cpu", weights=Weights.random, timeline=True)).record
+    assert max(record.timeline["allocated"]) == record.peak_allocated
+
+
+def test_timeline_and_plot_commands_write_files(tmp_path: Path) -> None:
+    record_path, picture = tmp_path / "r.json", tmp_path / "t.svg"
+    result = runner.invoke(app, ["simulate", "--h", "256", "--w", "256", "--gpu", "t4", "--steps", "10",
+                                 "--timeline", str(picture), "--json", str(record_path)])
+    assert result.exit_code == 0, result.output
+    assert picture.read_text().lstrip().startswith("<?xml") and "<svg" in picture.read_text()
+    again = tmp_path / "again.png"
+    result = runner.invoke(app, ["plot", str(record_path), "--out", str(again)])
+    assert result.exit_code == 0 and result.stderr.strip() == f"wrote {again}"
+    with Image.open(again) as image:
+        assert image.size == PNG_PIXELS
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["plot", "missing.json"], "error: FILE 'missing.json' does not exist."),
+    (["plot", str(IMAGES / "prompts.toml")], "is not a JSON document"),
+    (["sweep", "--sizes", "500"], "--sizes must be multiples of 8 pixels"),
+    (["sweep", "--sizes", "0:512:8"], "--sizes must be START:STOP:STEP or a comma-separated list"),
+    (["sweep", "--png", "out.pdf"], "--png must end in .png or .svg; got '.pdf'."),
+    (["simulate", "--h", "64", "--w", "64", "--timeline", "t.jpg"], "--timeline must end in .png or .svg"),
+])
+def test_bad_plot_input_is_one_sentence(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_json_that_is_no_result_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_text('{"a": 1}')
+    result = runner.invoke(app, ["plot", str(path)])
+    assert result.exit_code == 2 and "holds neither a sweep" in result.stderr
+
+
+def test_plots_need_the_plot_extra() -> None:
+    code = ("import sys\nsys.modules['matplotlib'] = None\nfrom sdvram.cli import main\n"
+            "sys.argv = ['sdvram', 'sweep', '--sizes', '64', '--png', 'x.png']\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 4
+    assert proc.stderr.strip() == ("error: This command needs the 'plot' extra (matplotlib is not installed); "
+                                   "install it with: pip install 'sdvram[plot]'")
+
+
+def test_gpu_timeline_series_from_a_real_trace() -> None:
+    """On a GPU, profile --timeline takes the allocator's own trace; its series, replayed through the model,
+    reaches the peak that torch.cuda.memory_stats() recorded on the H200."""
+    data = load_trace(DATA / "trace-512-steps10.pkl.gz")
+    series = allocation_series(data["device_traces"][0])
+    assert len(series) == len(data["device_traces"][0])
+    measured = json.loads((MEASURED / "profiles" / "512x512-steps10-traced.json").read_text())  # the same run
+    assert max(a for a, _ in series) == measured["peak_allocated"]
+    assert max(r for _, r in series) == measured["peak_reserved"] == data["stats"]["reserved_bytes.all.peak"]
+

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -87,7 +88,12 @@ def test_ctrl_c_is_one_sentence_and_exit_130() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "sdvram", "profile", "--h", "64", "--w", "64", "--device", "cpu",
                              "--weights", "random", "--architecture", "tiny", "--steps", "1000", "--strength", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)  # inside the imports or the 1,000 UNet calls, whichever it has reached
+    # Ctrl-C once the command runs (it imports torch only then): inside the imports or the 1,000 UNet calls,
+    # whichever it has reached. Before the command starts, Python's own handler would answer.
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
+    while maps.exists() and "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1 if maps.exists() else 4)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

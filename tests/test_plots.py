@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -149,15 +147,6 @@ def test_a_json_that_is_no_result_is_refused(tmp_path: Path) -> None:
     path.write_text('{"a": 1}')
     result = runner.invoke(app, ["plot", str(path)])
     assert result.exit_code == 2 and "holds neither a sweep" in result.stderr
-
-
-def test_plots_need_the_plot_extra() -> None:
-    code = ("import sys\nsys.modules['matplotlib'] = None\nfrom sdvram.cli import main\n"
-            "sys.argv = ['sdvram', 'sweep', '--sizes', '64', '--png', 'x.png']\nmain()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert proc.returncode == 4
-    assert proc.stderr.strip() == ("error: This command needs the 'plot' extra (matplotlib is not installed); "
-                                   "install it with: pip install 'sdvram[plot]'")
 
 
 def test_gpu_timeline_series_from_a_real_trace() -> None:

@@ -244,35 +244,16 @@ def test_no_cuda_device_exit_3() -> None:
     assert "set --device to cpu" in result.stderr and "sdvram estimate" in result.stderr
 
 
-def test_missing_profile_extra_exit_4() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['diffusers'] = None  # as if the profile extra were not installed\n"
-        "from sdvram.cli import main\n"
-        "sys.argv = ['sdvram', 'profile', sys.argv[1], '--device', 'cpu']\n"
-        "main()\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, str(IMAGES / "balloon--low-res.jpeg")],
-                          capture_output=True, text=True, check=False)
+@pytest.mark.parametrize(("missing", "args", "extra"), [
+    ("diffusers", ["profile", str(IMAGES / "balloon--low-res.jpeg"), "--device", "cpu"], "profile"),
+    # the profile extra as installed before it listed accelerate, which only offload needs
+    ("accelerate", ["profile", str(IMAGES / "balloon--low-res.jpeg"), "--offload", "model"], "profile"),
+    ("matplotlib", ["sweep", "--sizes", "64", "--png", "x.png"], "plot"),
+])
+def test_a_missing_extra_is_exit_4(missing: str, args: list[str], extra: str) -> None:
+    code = (f"import sys\nsys.modules[{missing!r}] = None  # as if it were not installed\n"
+            "from sdvram.cli import main\nsys.argv = ['sdvram', *sys.argv[1:]]\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
     assert proc.returncode == 4
-    assert proc.stderr.strip() == (
-        "error: This command needs the 'profile' extra (diffusers is not installed); "
-        "install it with: pip install 'sdvram[profile]'"
-    )
-
-
-def test_offload_without_accelerate_exit_4() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['accelerate'] = None  # the profile extra installed before it listed accelerate\n"
-        "from sdvram.cli import main\n"
-        "sys.argv = ['sdvram', 'profile', sys.argv[1], '--offload', 'model']\n"
-        "main()\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, str(IMAGES / "balloon--low-res.jpeg")],
-                          capture_output=True, text=True, check=False)
-    assert proc.returncode == 4
-    assert proc.stderr.strip() == (
-        "error: This command needs the 'profile' extra (accelerate is not installed); "
-        "install it with: pip install 'sdvram[profile]'"
-    )
+    assert proc.stderr.strip() == (f"error: This command needs the '{extra}' extra ({missing} is not installed); "
+                                   f"install it with: pip install 'sdvram[{extra}]'")

@@ -161,6 +161,10 @@ OffloadOpt = Annotated[Offload, typer.Option(
     "--offload", case_sensitive=False,
     help="model: pipe.enable_model_cpu_offload() (one model on the GPU at a time); sequential: "
          "enable_sequential_cpu_offload() (one layer's weights at a time; slow). Needs accelerate.")]
+VramOpt = Annotated[str | None, typer.Option(
+    "--vram", metavar="SIZE", help="A card not in the table: its memory, e.g. 8GB or 12GiB (with --arch).")]
+ArchOpt = Annotated[str | None, typer.Option(
+    "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")]
 TimelineOpt = Annotated[Path | None, typer.Option(
     "--timeline", metavar="PATH",
     help="Plot memory over the run with its stages (.png or .svg; needs the plot extra); the JSON keeps it.")]
@@ -231,19 +235,13 @@ def estimate(
     """Evaluate the seed formula, stage by stage, in pure Python (no GPU, no torch)."""
     from sdvram.estimate import estimate as run_estimate
     from sdvram.inputs import parse_batch, parse_tokens
-    from sdvram.outputs import reserve
     from sdvram.report import estimate_table, to_json
 
     with failures():
-        pending = reserve(json_path, "JSON document", "json")
-        try:
+        with reserved((json_path, "JSON document", "json")) as pendings:
             result = run_estimate(_size(height, "height"), _size(width, "width"),
                                   None if tokens is None else parse_tokens(tokens), image=_image(image, image_opt),
                                   prompt=prompt, batch=parse_batch(batch), safety_checker=safety_checker)
-        except BaseException:
-            if pending is not None:
-                pending.discard()
-            raise
         document = to_json(result.to_json()) + "\n"
         if json_path == STDOUT:
             sys.stdout.write(document)
@@ -251,9 +249,7 @@ def estimate(
         out.print(estimate_table(result, units))
         for note in result.notes:
             say(f"note: {note}")
-        if pending is not None:
-            pending.commit_text(document)
-            say(f"wrote {json_path}")
+        _deliver_files(pendings, {"json": lambda p: p.commit_text(document)})
 
 
 @app.command()
@@ -329,10 +325,8 @@ def simulate(
     gpu: Annotated[str | None, typer.Option(
         "--gpu", metavar="NAME", help=f"The card to predict: {', '.join(GPUS)}; or cpu (what profile --device cpu "
         f"measures) [default: {DEFAULT_GPU}].")] = None,
-    vram: Annotated[str | None, typer.Option(
-        "--vram", metavar="SIZE", help="Any other card: its memory, e.g. 8GB or 12GiB (with --arch).")] = None,
-    arch: Annotated[str | None, typer.Option(
-        "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")] = None,
+    vram: VramOpt = None,
+    arch: ArchOpt = None,
     dtype: DTypeOpt = None,
     architecture: ArchitectureOpt = Architecture.sd15,
     steps: StepsOpt = "50",
@@ -382,10 +376,8 @@ def fit(
         "--aspect", metavar="W:H", help="Aspect ratio, width to height, e.g. 3:2 [default: 1:1].")] = None,
     gpu: Annotated[str | None, typer.Option(
         "--gpu", metavar="NAME", help=f"The card: {', '.join(GPUS)} [default: {DEFAULT_GPU}].")] = None,
-    vram: Annotated[str | None, typer.Option(
-        "--vram", metavar="SIZE", help="Any other card: its memory, e.g. 8GB or 12GiB (with --arch).")] = None,
-    arch: Annotated[str | None, typer.Option(
-        "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")] = None,
+    vram: VramOpt = None,
+    arch: ArchOpt = None,
     dtype: DTypeOpt = None,
     steps: StepsOpt = "50",
     strength: StrengthOpt = "0.8",
@@ -408,28 +400,19 @@ def fit(
         settings = _settings(steps, strength, guidance, batch, "0", safety_checker)
         from sdvram.engine import resolve
         from sdvram.fit import fit as run_fit
-        from sdvram.outputs import reserve
         from sdvram.report import fit_table, to_json
         from sdvram.requests import RunRequest
 
         request = RunRequest(height=512, width=512, dtype=dtype, settings=settings)
         resolve(request)  # the settings checked before the search
-        pending = reserve(json_path, "JSON document", "json")
-        try:
-            with search_progress() as progress:
-                result = run_fit(request, target, shape, progress)
-        except BaseException:
-            if pending is not None:
-                pending.discard()
-            raise
+        with reserved((json_path, "JSON document", "json")) as pendings, search_progress() as progress:
+            result = run_fit(request, target, shape, progress)
         document = to_json(result.to_json()) + "\n"
         if json_path == STDOUT:
             sys.stdout.write(document)
             return
         out.print(fit_table(result, units))
-        if pending is not None:
-            pending.commit_text(document)
-            say(f"wrote {json_path}")
+        _deliver_files(pendings, {"json": lambda p: p.commit_text(document)})
 
 
 @app.command()
@@ -441,10 +424,8 @@ def sweep(
     gpu: Annotated[list[str] | None, typer.Option(
         "--gpu", metavar="NAME", help=f"A card, as often as wanted: {', '.join(GPUS)} [default: {DEFAULT_GPU}].")
     ] = None,
-    vram: Annotated[str | None, typer.Option(
-        "--vram", metavar="SIZE", help="Another card: its memory, e.g. 8GB or 12GiB (with --arch).")] = None,
-    arch: Annotated[str | None, typer.Option(
-        "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")] = None,
+    vram: VramOpt = None,
+    arch: ArchOpt = None,
     dtype: DTypeOpt = None,
     steps: StepsOpt = "50",
     strength: StrengthOpt = "0.8",
@@ -491,15 +472,10 @@ def sweep(
         from sdvram.report import sweep_tables, to_json
         from sdvram.sweep import sweep as run_sweep
 
-        pendings = _reserve_all([(csv_path, "CSV table", "csv"), (json_path, "JSON document", "json"),
-                                 (png_path, "plot", "png")])
-        try:
-            with search_progress("simulating: {task.completed} of {task.total} sizes") as progress:
-                result = run_sweep(request, sides, shape, cards, progress)
-        except BaseException:
-            for pending in pendings.values():
-                pending.discard()
-            raise
+        with (reserved((csv_path, "CSV table", "csv"), (json_path, "JSON document", "json"),
+                       (png_path, "plot", "png")) as pendings,
+              search_progress("simulating: {task.completed} of {task.total} sizes") as progress):
+            result = run_sweep(request, sides, shape, cards, progress)
         document = result.to_json()
         if json_path == STDOUT:
             sys.stdout.write(to_json(document) + "\n")
@@ -533,18 +509,12 @@ def plot(
                              why=exc) from None
         if not isinstance(document, dict):
             raise InputError("{file} '{path}' is not a JSON object.", params=("file",), path=file)
-        pendings = _reserve_all([(target, "plot", "out")])
-        try:
-            figure = figure_for(document)
-        except (KeyError, TypeError, ValueError) as exc:
-            for pending in pendings.values():
-                pending.discard()
-            raise InputError("{file} '{path}' does not hold what a sweep or a timeline holds ({why}).",
-                             params=("file",), path=file, why=exc) from None
-        except BaseException:
-            for pending in pendings.values():
-                pending.discard()
-            raise
+        with reserved((target, "plot", "out")) as pendings:
+            try:
+                figure = figure_for(document)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InputError("{file} '{path}' does not hold what a sweep or a timeline holds ({why}).",
+                                 params=("file",), path=file, why=exc) from None
         from sdvram import plots
 
         _deliver_files(pendings, {"out": lambda p: p.commit_with(lambda h: plots.save(figure, h, fmt or "png"))})
@@ -562,8 +532,10 @@ def _plot_format(path: Path | None, param: str) -> str | None:
     return fmt
 
 
-def _reserve_all(outputs: list[tuple[Any, str, str]]) -> dict[str, Any]:
-    """Reserve each output asked for (checked writable before any run), or none of them."""
+@contextmanager
+def reserved(*outputs: tuple[Any, str, str]) -> Iterator[dict[str, Any]]:
+    """Reserve each output asked for, ``(path, what, param)`` (checked writable before any run; ``-`` and None
+    reserve nothing), keyed by param; if anything fails before they are written, none is left behind."""
     from sdvram.outputs import reserve
 
     pendings: dict[str, Any] = {}
@@ -572,11 +544,11 @@ def _reserve_all(outputs: list[tuple[Any, str, str]]) -> dict[str, Any]:
             pending = reserve(path, what, param)
             if pending is not None:
                 pendings[param] = pending
+        yield pendings
     except BaseException:
         for pending in pendings.values():
             pending.discard()
         raise
-    return pendings
 
 
 def _deliver_files(pendings: dict[str, Any], writers: dict[str, Callable[[Any], None]]) -> None:
@@ -646,23 +618,17 @@ def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | Non
 
     image_fmt = image_format(image_path, "save_image") if image_path is not None else None
     plot_fmt = _plot_format(timeline_path, "timeline")
-    pendings = _reserve_all([(json_path, "JSON record", "json"), (image_path, "output image", "save_image"),
-                             (timeline_path, "timeline plot", "timeline")])
-    try:
-        with unet_progress() as progress:
-            if kind == "profile":
-                from sdvram.compare import profile_and_simulate
+    with (reserved((json_path, "JSON record", "json"), (image_path, "output image", "save_image"),
+                   (timeline_path, "timeline plot", "timeline")) as pendings, unet_progress() as progress):
+        if kind == "profile":
+            from sdvram.compare import profile_and_simulate
 
-                result = profile_and_simulate(request, options, progress)
-                record, picture = result.record, result.image
-            else:
-                from sdvram.fit import simulate_with_advice
+            result = profile_and_simulate(request, options, progress)
+            record, picture = result.record, result.image
+        else:
+            from sdvram.fit import simulate_with_advice
 
-                record, picture = simulate_with_advice(request, options, progress), None
-    except BaseException:
-        for pending in pendings.values():
-            pending.discard()
-        raise
+            record, picture = simulate_with_advice(request, options, progress), None
     _deliver(record, picture, json_path, pendings, image_fmt, plot_fmt, units, verbose, show_explain)
 
 
@@ -717,36 +683,14 @@ def _deliver(record: Any, picture: Any, json_path: str | None, pendings: dict[st
 
 
 @contextmanager
-def unet_progress() -> Iterator[Callable[[int, int], None]]:
-    """A progress bar over the UNet calls, on stderr, shown from the first call on (so an error before the
-    loop prints nothing but its sentence), and only on a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def progress_bar(*columns: Any) -> Iterator[Callable[[int, int], None]]:
+    """A progress display on stderr with ``columns``, started at the first report (so an error before the work
+    prints nothing but its sentence), and only on a terminal: logs and pipes get the result, not a redrawn bar.
+    Yields ``advance(done, total)``."""
+    from rich.progress import Progress
 
-    bar = Progress(TextColumn("denoising (UNet calls)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=err, transient=True)
-    task = bar.add_task("unet", total=None)
-
-    def advance(done: int, total: int) -> None:
-        if not err.is_terminal:  # logs and pipes get the result, not a redrawn bar
-            return
-        if not bar.live.is_started:
-            bar.start()
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield advance
-    finally:
-        if bar.live.is_started:
-            bar.stop()
-
-
-@contextmanager
-def search_progress(text: str = "searching: {task.completed} simulated runs") -> Iterator[Callable[[int, int], None]]:
-    """A counter of the simulated runs a search or sweep has made, on stderr, only on a terminal."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    bar = Progress(SpinnerColumn(), TextColumn(text), TimeElapsedColumn(), console=err, transient=True)
-    task = bar.add_task("fit", total=None)
+    bar = Progress(*columns, console=err, transient=True)
+    task = bar.add_task("work", total=None)
 
     def advance(done: int, total: int) -> None:
         if not err.is_terminal:
@@ -760,6 +704,20 @@ def search_progress(text: str = "searching: {task.completed} simulated runs") ->
     finally:
         if bar.live.is_started:
             bar.stop()
+
+
+def unet_progress() -> Any:
+    """A bar over the UNet calls of a run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return progress_bar(TextColumn("denoising (UNet calls)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def search_progress(text: str = "searching: {task.completed} simulated runs") -> Any:
+    """A counter of the simulated runs a search or a sweep has made."""
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return progress_bar(SpinnerColumn(), TextColumn(text), TimeElapsedColumn())
 
 
 def main() -> None:

@@ -13,18 +13,17 @@ from functools import partial
 from typing import Any
 
 from sdvram.choices import Offload
+from sdvram.engine import Progress
 from sdvram.gpus import GpuSpec
 from sdvram.inputs import MAX_SIDE
 from sdvram.parallel import run_side_by_side
 from sdvram.record import Record
-from sdvram.requests import SWITCH_LABELS, RunRequest, Settings
+from sdvram.requests import RunRequest, Settings, switch_label
 from sdvram.simulate import SimulateOptions, Simulator, simulator_for
 
 UNIT = 8  # sides are searched in multiples of 8 pixels, as the pipeline rounds them
 START_UNITS = 128  # a search's first size above the smallest: a 1024-pixel side, which most cards hold
 SLOW = "sequential_offload"  # every layer crosses the PCIe bus at every call: many times slower
-
-Progress = Callable[[int, int], None]
 
 
 def combinations(batch: int) -> list[tuple[str, ...]]:
@@ -52,10 +51,6 @@ def with_switches(settings: Settings, switches: tuple[str, ...]) -> Settings:
                    attention_slicing="auto" if "attention_slicing" in switches else None, offload=offload)
 
 
-def label(switches: tuple[str, ...]) -> str:
-    return " + ".join(SWITCH_LABELS[s] for s in switches) if switches else "none"
-
-
 @dataclass(frozen=True)
 class Option:
     """One combination of switches at one size: does it fit, and the predicted peak allocated."""
@@ -69,7 +64,7 @@ class Option:
 
     @property
     def label(self) -> str:
-        return label(self.switches)
+        return switch_label(self.switches)
 
     @property
     def slow(self) -> bool:
@@ -111,10 +106,13 @@ def size_for(units: int, aspect: tuple[int, int]) -> tuple[int, int]:
     return shape(units * UNIT, aspect)
 
 
-def _try(simulator: Simulator, request: RunRequest, gpu: GpuSpec, switches: tuple[str, ...], width: int,
-         height: int) -> Option:
-    run = replace(request, image=None, width=width, height=height,
-                  settings=with_switches(request.settings, switches))
+def _try(simulator: Simulator, request: RunRequest, gpu: GpuSpec, switches: tuple[str, ...], width: int | None = None,
+         height: int | None = None) -> Option:
+    """``request`` with exactly ``switches`` on (at ``width`` x ``height`` when given), simulated until it fits
+    or stops fitting."""
+    run = replace(request, settings=with_switches(request.settings, switches))
+    if width is not None:
+        run = replace(run, image=None, width=width, height=height)
     record = simulator.run(run, SimulateOptions(gpu, stop_at_failure=True))
     fit = record.simulation.fit if record.simulation else None
     fits = fit is not None and fit.fits
@@ -218,12 +216,11 @@ def fit(request: RunRequest, gpu: GpuSpec, aspect: tuple[int, int], progress: Pr
     choices = combinations(request.settings.batch)
     groups = chains(choices)
     done = [0]
-    expected = 7 * len(choices)
 
-    def tick() -> None:
+    def tick() -> None:  # a search does not know how many runs it will take: the total is the count so far
         done[0] += 1
         if progress is not None:
-            progress(done[0], max(expected, done[0]))
+            progress(done[0], done[0])
 
     jobs = [partial(search_chain, simulator, request, gpu, aspect, chain) for chain in groups]
     found = run_side_by_side(jobs, tick, workers)
@@ -238,15 +235,7 @@ def advise(request: RunRequest, gpu: GpuSpec) -> list[Option]:
     """For a request that does not fit ``gpu``: each useful combination of switches at the same size, cheapest
     first, with whether it fits and its predicted peak."""
     simulator = simulator_for(request, gpu)
-    advice = []
-    for switches in combinations(request.settings.batch)[1:]:
-        run = replace(request, settings=with_switches(request.settings, switches))
-        record = simulator.run(run, SimulateOptions(gpu, stop_at_failure=True))
-        fit_ = record.simulation.fit if record.simulation else None
-        fits = fit_ is not None and fit_.fits
-        advice.append(Option(switches, fits, record.peak_allocated if fits else None,
-                             record.peak_reserved if fits else None))
-    return advice
+    return [_try(simulator, request, gpu, switches) for switches in combinations(request.settings.batch)[1:]]
 
 
 def simulate_with_advice(request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sdvram.errors import InputError
+from sdvram.requests import switch_label
 from sdvram.stages import label
 from sdvram.units import GIB
 
@@ -63,7 +64,7 @@ def matching_points(sweep: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def settings_line(doc: dict[str, Any]) -> str:
-    switches = ", ".join(doc["switches"]) or "no switches"
+    switches = switch_label(doc["switches"]) if doc["switches"] else "no switches"
     return (f"{doc['dtype']}, batch {doc['batch']}, guidance {doc['guidance']:g}, safety checker "
             f"{'on' if doc['safety_checker'] else 'off'}, {switches}")
 

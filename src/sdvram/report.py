@@ -18,7 +18,7 @@ from rich.text import Text
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
 from sdvram.record import Record
-from sdvram.requests import SWITCH_LABELS
+from sdvram.requests import switch_label, switches_on
 from sdvram.stages import label, term_label
 from sdvram.units import Units, format_bytes, format_number, format_signed_percent, format_size, unit_label
 
@@ -42,16 +42,6 @@ NOT_MODELLED = (
 SHORT_STAGE = {"vae_encode": "VAE enc.", "vae_decode": "VAE dec.", "unet": "UNet", "text_encoder": "text enc.",
                "safety_checker": "checker", "load": "load"}  # the sweep table's narrow "peak in" column
 SLOW_MARK = " *"  # beside sequential offload in the tables; a note says why
-SWITCH_SHORT = {"vae_slicing": "VAE slicing", "vae_tiling": "VAE tiling", "attention_slicing": "attn. slicing",
-                "model_offload": "model offload", "sequential_offload": "seq. offload"}
-
-
-def switches_text(switches: list[str] | tuple[str, ...], short: bool = False) -> str:
-    """Switches by their labels, joined with " + "; "none" when there are none."""
-    names = SWITCH_SHORT if short else SWITCH_LABELS
-    return " + ".join(names[s] for s in switches) if switches else "none"
-
-
 def to_json(document: dict[str, Any]) -> str:
     """The one JSON document a ``--json`` option prints or writes."""
     return json.dumps(document, indent=2)
@@ -118,13 +108,13 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
     device = record.environment.get("gpu_name") or record.environment.get("simulated_gpu") or settings.device
     build = f"{settings.architecture}, {settings.dtype}" + (
         f", {settings.weights} weights" if record.kind == "profile" else "")
-    switches = _record_switches(record)
+    switches = switches_on(settings.vae_slicing, settings.vae_tiling, settings.attention_slicing, settings.offload)
     heading = Text(
         f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img ({build}) on {device}: "
         f"{format_size(inputs.width, inputs.height)}, {settings.steps} steps x strength {settings.strength:g}, "
         f"guidance {settings.guidance:g}, batch {settings.batch}, safety checker "
         f"{'on' if settings.safety_checker else 'off'}"
-        + (f"; switches: {switches_text(switches)}" if switches else ""),
+        + (f"; switches: {switch_label(switches)}" if switches else ""),
         style="italic",
     )
     prompt = Text(f"prompt ({TOKEN_SOURCES.get(inputs.prompt_source, inputs.prompt_source)}, "
@@ -148,7 +138,7 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
     for stage in record.stages:
         name = stage.label + (" *" if stage.name == peak_stage else "") + ("" if stage.completed else " (died)")
         if stage.switches:  # which switches acted in the stage, on a second line of the cell
-            name += "\n  " + switches_text(stage.switches, short=True)
+            name += "\n  " + switch_label(stage.switches, short=True)
         cells = [name, _maybe(stage.formula, units)]
         if compared is not None:
             twin = compared.stage(stage.name)
@@ -188,14 +178,6 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
         lines += _simulation_lines(record, units, verbose)
     lines += [Text(f"- {note}") for note in record.notes]
     return Group(*lines)
-
-
-def _record_switches(record: Record) -> list[str]:
-    settings = record.settings
-    on = {"vae_slicing": settings.vae_slicing, "vae_tiling": settings.vae_tiling,
-          "attention_slicing": settings.attention_slicing is not None,
-          "model_offload": settings.offload == "model", "sequential_offload": settings.offload == "sequential"}
-    return [name for name in SWITCH_SHORT if on[name]]
 
 
 def _device_lines(record: Record, units: Units) -> list[Text]:
@@ -256,7 +238,7 @@ def advice_table(gpu_name: str, advice: list[dict[str, Any]], units: Units) -> G
     table.add_column("peak allocated", justify="right")
     table.add_column("peak reserved", justify="right")
     for option in advice:
-        table.add_row(switches_text(option["switches"], short=True) + (SLOW_MARK if option["slow"] else ""),
+        table.add_row(switch_label(option["switches"], short=True) + (SLOW_MARK if option["slow"] else ""),
                       "yes" if option["fits"] else "no", _maybe(option["peak_allocated"], units),
                       _maybe(option["peak_reserved"], units), style="green" if option["fits"] else None)
     fitting = [o for o in advice if o["fits"]]
@@ -299,7 +281,7 @@ def fit_table(result: Any, units: Units) -> Group:
     table.add_column("peak reserved", justify="right")
     for option in data["options"]:
         size = f"{option['width']} x {option['height']}" if option["fits"] else "does not fit"
-        table.add_row(switches_text(option["switches"], short=True) + (SLOW_MARK if option["slow"] else ""), size,
+        table.add_row(switch_label(option["switches"], short=True) + (SLOW_MARK if option["slow"] else ""), size,
                       _maybe(option["peak_allocated"], units), _maybe(option["peak_reserved"], units))
     notes = []
     if not data["options"][0]["fits"]:
@@ -317,7 +299,7 @@ def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
     """``sdvram sweep``: for each card, one row per size: the seed formula, the simulated peaks, the stage of the
     peak, whether it fits."""
     aw, ah = sweep["aspect"]
-    switches = switches_text(sweep["switches"])
+    switches = switch_label(sweep["switches"])
     parts: list[Any] = [Text(f"Simulated SD v1.5 img2img, aspect {aw}:{ah}, {sweep['dtype']}, batch {sweep['batch']}, "
                              f"guidance {sweep['guidance']:g}, safety checker "
                              f"{'on' if sweep['safety_checker'] else 'off'}, switches: {switches}", style="italic")]

@@ -30,6 +30,21 @@ SWITCH_STAGES = {"vae_slicing": ("vae_encode", "vae_decode"), "vae_tiling": ("va
                  "attention_slicing": ("unet",), "model_offload": None, "sequential_offload": None}
 SWITCH_LABELS = {"vae_slicing": "VAE slicing", "vae_tiling": "VAE tiling", "attention_slicing": "attention slicing",
                  "model_offload": "model CPU offload", "sequential_offload": "sequential CPU offload"}
+SWITCH_SHORT = {"vae_slicing": "VAE slicing", "vae_tiling": "VAE tiling", "attention_slicing": "attn. slicing",
+                "model_offload": "model offload", "sequential_offload": "seq. offload"}  # for narrow table cells
+
+
+def switches_on(vae_slicing: bool, vae_tiling: bool, attention_slicing: object, offload: str) -> tuple[str, ...]:
+    """The switches that are on, by name, in ``SWITCH_ORDER`` (``offload``: "none", "model" or "sequential")."""
+    on = {"vae_slicing": vae_slicing, "vae_tiling": vae_tiling, "attention_slicing": attention_slicing is not None,
+          "model_offload": offload == "model", "sequential_offload": offload == "sequential"}
+    return tuple(name for name in SWITCH_ORDER if on[name])
+
+
+def switch_label(switches: tuple[str, ...] | list[str], short: bool = False) -> str:
+    """Switches by their labels, joined with " + "; "none" when there are none."""
+    names = SWITCH_SHORT if short else SWITCH_LABELS
+    return " + ".join(names[s] for s in switches) if switches else "none"
 
 
 @dataclass(frozen=True)
@@ -53,10 +68,7 @@ class Settings:
     @property
     def switches(self) -> tuple[str, ...]:
         """The switches that are on, by name, in the order a user pays for them (``SWITCH_ORDER``)."""
-        on = {"vae_slicing": self.vae_slicing, "vae_tiling": self.vae_tiling,
-              "attention_slicing": self.attention_slicing is not None,
-              "model_offload": self.offload is Offload.model, "sequential_offload": self.offload is Offload.sequential}
-        return tuple(name for name in SWITCH_ORDER if on[name])
+        return switches_on(self.vae_slicing, self.vae_tiling, self.attention_slicing, Offload(self.offload).value)
 
     @property
     def denoising_steps(self) -> int:

@@ -274,14 +274,15 @@ class AllocatorAccountant:
     def replay_events(self, program: list[tuple[Any, ...]], keys: Iterator[int],
                       refused: Callable[[Any, AllocatorOutOfMemory], None]) -> tuple[dict[int, int], tuple[int, ...]]:
         """Make and free a logged sequence of allocations in one call: what a tracker would report one by one,
-        without its bookkeeping per event. ``program`` holds ``("event", ("alloc", log_key, info))``,
-        ``("event", ("free", log_key))`` and ``("repeat", window, count)`` (``meters.repeated_windows``: a
-        window frees all it allocates). A window that cudaMalloc'd and released nothing leaves the allocator as
-        it found it (the free blocks are the maximal free runs between the allocated blocks, which are the same
-        again), so a repetition of it would do exactly what it did: it is run once, or again only while it
-        changes the segments. ``refused(info, error)`` is called where the capacity refuses an allocation (it
-        may raise; else the allocation is retried). Returns the log keys of what is left live -> new keys from
-        ``keys``, and the peaks (allocated, reserved, requested) reached meanwhile."""
+        without its bookkeeping per event. ``program`` holds ``("events", [event, ...])``, each event
+        ``("alloc", log_key, info)`` or ``("free", log_key)``, and ``("repeat", window, count)``
+        (``meters.repeated_windows``: a window frees all it allocates). A window that cudaMalloc'd and released
+        nothing leaves the allocator as it found it (the free blocks are the maximal free runs between the
+        allocated blocks, which are the same again), so a repetition of it would do exactly what it did: it is
+        run once, or again only while it changes the segments. ``refused(info, error)`` is called where the
+        capacity refuses an allocation (it may raise; else the allocation is retried). Returns the log keys of
+        what is left live -> new keys from ``keys``, and the peaks (allocated, reserved, requested) reached
+        meanwhile."""
         allocator = self.allocator
         saved = allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested
         allocator.reset_peaks()
@@ -301,16 +302,8 @@ class AllocatorAccountant:
 
         try:
             for item in program:
-                if item[0] == "event":
-                    event = item[1]
-                    if event[0] == "free":
-                        free(blocks.pop(event[1]))
-                        continue
-                    try:
-                        blocks[event[1]] = malloc(event[2].size)
-                    except AllocatorOutOfMemory as exc:
-                        refused(event[2], exc)
-                        blocks[event[1]] = malloc(event[2].size)
+                if item[0] == "events":
+                    run(item[1])
                     continue
                 for _ in range(item[2]):
                     segments = allocator.cuda_mallocs, allocator.cuda_frees

@@ -70,6 +70,14 @@ class Meter(Protocol):
         """What the figures were measured on: device name, memory, driver and the like."""
         ...
 
+    def timeline_position(self) -> int | None:
+        """Where the run's timeline is now, in steps (None: the meter keeps none)."""
+        ...
+
+    def timeline_series(self) -> list[tuple[int, int | None]] | None:
+        """(allocated, reserved) at each step of the run's timeline (None: the meter keeps none)."""
+        ...
+
 
 class CudaMeter:
     """CUDA allocator statistics for one device, and NVML's used memory sampled in a background thread.
@@ -264,7 +272,7 @@ class EventLog:
 
 
 def repeated_windows(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """``events`` as a program of ``("event", event)`` and ``("repeat", window, count)`` items, where a window
+    """``events`` as a program of ``("events", [event, ...])`` and ``("repeat", window, count)`` items, where a window
     is a run of events that frees every allocation it makes and nothing else (a net-zero window, as short as
     it can be), and ``count`` (2 or more) consecutive windows make the same requests in the same order (the
     same sizes, each free naming the same place in its window). The VAE's tile blending is such a program: one
@@ -289,9 +297,18 @@ def repeated_windows(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             items.append(("repeat", window, 1))
             previous = signature
         i = end + 1
-    # a window that does not repeat is replayed as its events
-    return [part for item in items
-            for part in ([("event", e) for e in item[1]] if item[0] == "repeat" and item[2] == 1 else [item])]
+    # a window that does not repeat is replayed as its events; consecutive events make one item
+    program: list[tuple[Any, ...]] = []
+    for item in items:
+        if item[0] == "repeat" and item[2] > 1:
+            program.append(item)
+            continue
+        events = [item[1]] if item[0] == "event" else item[1]
+        if program and program[-1][0] == "events":
+            program[-1][1].extend(events)
+        else:
+            program.append(("events", list(events)))
+    return program
 
 
 def _window_end(events: list[tuple[Any, ...]], index: dict[int, int], freed: dict[int, int], start: int) -> int | None:

@@ -31,6 +31,9 @@ class ScriptedMeter:
     def take_peak(self) -> Peak:
         return Peak(self.peaks.pop(0) if self.peaks else self.now, self.now + 100)
 
+    def timeline_position(self) -> None:
+        return None  # keeps no timeline
+
 
 def test_stages_take_their_own_peaks_and_the_run_the_highest() -> None:
     meter = ScriptedMeter()

@@ -447,16 +447,12 @@ def sweep(
     CSV, JSON and a plot on request."""
     with failures():
         _require_profile_extra()
-        from sdvram.inputs import parse_aspect, parse_sizes
+        from sdvram.gpus import find_gpu
+        from sdvram.inputs import parse_sizes
 
         sides = parse_sizes(sizes)
-        shape = parse_aspect(aspect)
-        common = math.gcd(*shape)
-        shape = (shape[0] // common, shape[1] // common)
-        cards = [_target(None, vram, arch)] if vram is not None else []
-        if arch is not None and vram is None:
-            _target(None, None, arch)  # --arch without --vram: its sentence
-        from sdvram.gpus import find_gpu
+        shape = _aspect(None, aspect)
+        cards = [_target(None, vram, arch)] if vram is not None or arch is not None else []
 
         cards += [find_gpu(name) for name in (gpu or ([] if cards else [DEFAULT_GPU]))]
         settings = _settings(steps, strength, guidance, batch, "0", safety_checker, vae_tiling, vae_slicing,

@@ -24,7 +24,7 @@ from sdvram.record import Record, RunInputs, RunSettings, StageRecord
 from sdvram.requests import SWITCH_STAGES, RunRequest, Settings, check_request
 from sdvram.stages import BY_NAME, label
 
-Progress = Callable[[int, int], None]  # (UNet calls done, UNet calls expected)
+Progress = Callable[[int, int], None]  # (done, expected): UNet calls of a run, runs of a search or sweep
 VERSIONED = ("sdvram", "torch", "diffusers", "transformers", "accelerate", "nvidia-ml-py")
 
 
@@ -91,8 +91,7 @@ class StageRecorder:
 
     def _steps(self) -> int | None:
         """Where the meter's timeline is now (None: it keeps none)."""
-        position = getattr(self.meter, "timeline_position", None)
-        return position() if position is not None else None
+        return self.meter.timeline_position()  # type: ignore[no-any-return]
 
     @property
     def stage_name(self) -> str:

@@ -8,7 +8,6 @@ Where ``fork`` is not available (or one worker is asked for), the jobs run one a
 from __future__ import annotations
 
 import multiprocessing
-import pickle
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -58,7 +57,7 @@ def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int
                 del running[connection]
                 if kind == "error":
                     raise WorkerFailed(payload)
-                results[index] = pickle.loads(payload)
+                results[index] = payload
     finally:
         for connection, (_, process) in running.items():
             process.terminate()
@@ -74,7 +73,7 @@ def _work(job: Job, send: Connection) -> None:
     torch.set_num_threads(1)  # one core per worker; and no OpenMP pool inherited across the fork is used
     try:
         result = job(lambda: send.send(("tick", None)))
-        send.send(("done", pickle.dumps(result)))
+        send.send(("done", result))  # the pipe pickles it
     except BaseException:  # noqa: BLE001 -- whatever happened, the parent must hear of it
         send.send(("error", traceback.format_exc()))
     finally:

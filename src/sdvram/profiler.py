@@ -111,7 +111,7 @@ def profile(request: RunRequest, options: ProfileOptions, progress: Progress | N
         record.device_peak = meter.device_peak()
         record.process_peak = getattr(meter, "process_peak", None)
     finish_record(record, recorder, formula, request.settings)
-    series = meter.timeline_series() if options.timeline else None  # type: ignore[attr-defined]
+    series = meter.timeline_series()
     if series:
         record.timeline = build_timeline(series, recorder.marks, None, unit=(
             "allocator events (each alloc and free) in order" if on_gpu

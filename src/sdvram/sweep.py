@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sdvram.engine import Progress
 from sdvram.fit import shape
 from sdvram.gpus import GpuSpec
 from sdvram.record import Record
 from sdvram.requests import RunRequest
 from sdvram.simulate import SimulateOptions, simulator_for
 from sdvram.stages import STAGES
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,11 @@ def test_capacity_is_the_memory_less_the_cuda_context() -> None:
 
 @pytest.mark.parametrize(("vram", "arch", "memory", "sm"), [
     ("8GB", None, 8 * 10**9, 86), ("12GiB", "sm89", 12 * 1024**3, 89), ("8192MiB", "sm_75", 8 * 1024**3, 75),
-    ("10", "SM90", 10 * 1024**3, 90)])
+    ("10", "SM90", 10 * 1024**3, 90), ("32GB", "sm100", 32 * 10**9, 100), ("32GB", "sm_121", 32 * 10**9, 121)])
 def test_any_other_card_by_its_memory(vram: str, arch: str | None, memory: int, sm: int) -> None:
     gpu = custom_gpu(vram, arch)
     assert (gpu.memory, gpu.sm) == (memory, sm)
+    assert gpu.compute_capability == (sm // 10, sm % 10)  # sm100 is 10.0, not 1.0
 
 
 @pytest.mark.parametrize(("vram", "arch", "message"), [

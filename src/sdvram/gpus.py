@@ -113,7 +113,7 @@ ALIASES = {"a100": "a100-80gb", "3060": "rtx3060", "4090": "rtx4090", "h10080gb"
            "4060ti": "rtx4060ti16", "rtx4060ti": "rtx4060ti16"}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb|m)?\s*$", re.IGNORECASE)
 UNIT_BYTES = {"gib": GIB, "g": GIB, "gb": 10**9, "mib": MIB, "m": MIB, "mb": 10**6}
-ARCH = re.compile(r"^\s*sm_?(\d)(\d)\s*$", re.IGNORECASE)
+ARCH = re.compile(r"^\s*sm_?(\d{2,3})\s*$", re.IGNORECASE)  # the major version, then one digit of minor
 KNOWN_SM = (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, 100, 103, 110, 120, 121)
 
 
@@ -146,10 +146,10 @@ def parse_vram(text: str) -> int:
 def parse_arch(text: str) -> tuple[int, int]:
     """A compute capability as typed: "sm86", "sm_90"."""
     match = ARCH.match(str(text))
-    if match is None or int(match.group(1) + match.group(2)) not in KNOWN_SM:
+    if match is None or int(match.group(1)) not in KNOWN_SM:
         raise InputError("{arch} must be a CUDA compute capability such as sm75, sm86 or sm90 (known: {known}); "
                          "got '{got}'.", params=("arch",), known=", ".join(f"sm{s}" for s in KNOWN_SM), got=text)
-    return int(match.group(1)), int(match.group(2))
+    return divmod(int(match.group(1)), 10)
 
 
 def custom_gpu(vram: str, arch: str | None = None) -> GpuSpec:

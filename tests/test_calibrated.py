@@ -1,0 +1,122 @@
+"""The calibrated estimate (``calibrated.py``): its features worked by hand from diffusers' code, what it declines,
+and its figures against the simulator it was fitted to, on settings drawn here (not the tool's)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from sdvram.calibrated import (
+    DOES_NOT_FIT,
+    FITS,
+    STAGE_NAMES,
+    SWITCH_SETS,
+    Calibrated,
+    calibrate,
+    features,
+    relative_error,
+    tiled,
+    unet_levels,
+    verdict,
+)
+from sdvram.choices import DType
+from sdvram.gpus import GPUS
+from sdvram.requests import RunRequest, Settings
+
+SETTINGS = 50  # random settings checked against the simulator (the issue's number)
+TOLERANCE = 0.03  # the issue's: within 3% of simulate
+
+
+def test_unet_levels_round_up_at_each_halving() -> None:
+    # 1000 x 520 px -> latent 125 x 65; each stride-2 convolution (padding 1) gives ceil(n / 2): 63 x 33,
+    # then 32 x 17, then 16 x 9
+    assert unet_levels(125, 65) == [125 * 65, 63 * 33, 32 * 17, 16 * 9]
+
+
+def test_tile_features_follow_diffusers_tiling() -> None:
+    # 1024 x 600 px -> latent 128 x 75. Tiles start every 48 latent px and are 64 wide where the image allows:
+    # rows at 0, 48, 96 -> 64, 64 and 32 tall; columns at 0, 48 -> 64 and 27 wide. Summed areas 160 x 91, the
+    # first (largest) tile 64 x 64, 3 x 2 tiles.
+    row = features("vae_tiling", "vae_decode", 1024, 600)
+    assert row == [1.0, *map(float, unet_levels(128, 75)), 160 * 91, 64 * 64, 6]
+    # the VAE tiles when a side is over one tile of 512 px (autoencoder_kl.py's _encode and _decode)
+    assert not tiled("vae_tiling", 512, 512) and tiled("vae_tiling", 520, 512) and not tiled("none", 1024, 1024)
+    assert features("vae_tiling", "unet", 1024, 600) == [1.0, *map(float, unet_levels(128, 75))]
+
+
+def test_score_terms_only_with_attention_slicing() -> None:
+    levels = unet_levels(64, 64)
+    assert features("attention_slicing", "unet", 512, 512)[-2:] == [float(levels[0]) ** 2, float(levels[1]) ** 2]
+    assert len(features("none", "unet", 512, 512)) == 1 + len(levels)
+
+
+def test_stages_before_the_image_have_no_size_term() -> None:
+    assert features("none", "load", 4096, 64) == features("none", "text_encoder", 64, 64) == [1.0]
+    small, large = (calibrate(side, side, dtype="float16", sm=86) for side in (64, 4096))
+    assert isinstance(small, Calibrated) and isinstance(large, Calibrated)
+    assert small.stages["load"] == large.stages["load"]
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"safety_checker": True}, "safety checker"),
+    ({"batch": 5}, "batches 1 to 4"),
+    ({"switches": ("vae_tiling", "model_offload")}, "one switch at a time"),
+    ({"switches": ("attention_slicing",), "attention_slicing": 2}, "attention slicing is calibrated at auto"),
+    ({"dtype": "bfloat16"}, "not calibrated for bfloat16"),
+    ({"sm": 100}, "not calibrated for sm100"),
+])
+def test_declines_what_was_not_fitted(kwargs: dict[str, object], says: str) -> None:
+    answer = calibrate(512, 512, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(answer, str) and says in answer
+
+
+def test_the_run_peak_is_the_largest_stage() -> None:
+    answer = calibrate(1024, 768, batch=2, dtype="float32", sm=75, switches=("vae_slicing",))
+    assert isinstance(answer, Calibrated)
+    assert answer.peak_allocated == max(answer.stages.values())
+    assert not answer.extrapolated and calibrate(8192, 64, sm=90).extrapolated  # type: ignore[union-attr]
+
+
+def test_within_three_percent_of_the_simulator_on_random_settings() -> None:
+    """50 settings drawn uniformly (the tool fitted on log-uniform sides, with its own seed): any size from 64 to
+    4096 px, batch 1 to 4, fp16 or fp32, no switch or one, any card of the table. Each is simulated on its card's
+    architecture without a memory limit (what the run needs, which is what the calibration predicts), and again
+    on the card itself where that need exceeds the card (near its capacity the allocator releases its cache, so
+    what fits is the card's run to say). Every stage's peak allocated and the run's are within 3%; the peak
+    reserved within the error the tool recorded for those settings (reserved follows the allocator's caching,
+    which no closed form tracks exactly); and the verdict on the card never contradicts the simulation's."""
+    from sdvram.simulate import SimulateOptions, simulate
+
+    rng = random.Random(11)
+    misses, verdicts = [], []
+    for _ in range(SETTINGS):
+        height, width = rng.randrange(64, 4097, 8), rng.randrange(64, 4097, 8)
+        batch, dtype = rng.randint(1, 4), rng.choice(["float16", "float32"])
+        switch_set, gpu = rng.choice(list(SWITCH_SETS)), rng.choice(list(GPUS.values()))
+        settings = Settings(batch=batch, **SWITCH_SETS[switch_set])
+        answer = calibrate(height, width, batch=batch, dtype=dtype, sm=gpu.sm, switches=settings.switches,
+                           attention_slicing=settings.attention_slicing)
+        assert isinstance(answer, Calibrated), answer
+        request = RunRequest(height=height, width=width, dtype=DType(dtype), settings=settings)
+        need = simulate(request, SimulateOptions(replace(gpu, memory=None)))
+        assert gpu.capacity is not None and need.peak_reserved is not None
+        simulated = {s.name: s.peak_allocated for s in need.stages}
+        pairs = [(name, answer.stages[name], simulated[name], TOLERANCE) for name in STAGE_NAMES]
+        pairs += [("peak allocated", answer.peak_allocated, need.peak_allocated, TOLERANCE),
+                  ("peak reserved", answer.peak_reserved, need.peak_reserved, max(TOLERANCE, answer.reserved_error))]
+        fits = need.peak_reserved <= gpu.capacity
+        if not fits:  # the card's own run: the allocator may make room by releasing its cache
+            on_card = simulate(request, SimulateOptions(gpu)).simulation
+            assert on_card is not None and on_card.fit is not None
+            fits = on_card.fit.fits
+        said = verdict(answer, gpu.capacity)
+        verdicts.append(said)
+        where = f"{width}x{height} b{batch} {dtype} {switch_set} {gpu.key}"
+        misses += [f"{where} {name}: {relative_error(mine, theirs):+.2%}"
+                   for name, mine, theirs, allowed in pairs if abs(relative_error(mine, theirs)) > allowed]
+        if said == (DOES_NOT_FIT if fits else FITS):
+            misses.append(f"{where}: the simulation {'fits' if fits else 'does not fit'}, the verdict {said}")
+    assert not misses, "\n".join(misses)
+    assert FITS in verdicts and DOES_NOT_FIT in verdicts  # the draw reaches both answers

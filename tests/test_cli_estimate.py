@@ -31,7 +31,9 @@ def test_table_512() -> None:
     # total = (base + unet) x 1.2 with unet = 64*64*(4470 + 100): 2,581,427,201 bytes = 2.4041 GiB
     first = result.stdout.splitlines()[0]
     assert first == f"Seed formula total: {2_581_427_201 / 1024**3:.4f} GiB (peak activation stage: UNet loop)"
-    assert "512 x 512 px (W x H), 50 prompt tokens (given)\nsafety checker not counted" in result.stdout
+    assert result.stdout.splitlines()[1].startswith("Calibrated: ")
+    assert "512 x 512 px (W x H), 50 prompt tokens (given)\ncalibrated for h100 (sm90), float16, switches: none\n" \
+        "safety checker not counted" in result.stdout
     assert "UNet loop *" in result.stdout
     assert "x1.2 overhead" in result.stdout
     assert "pads every prompt to 77 tokens" in result.stderr
@@ -214,3 +216,44 @@ def test_estimate_path_never_imports_torch_diffusers_transformers() -> None:
     )
     assert json.loads(proc.stdout)["inputs"]["width"] == 396
     assert "HEAVY []" in proc.stderr
+
+
+def test_calibrated_column_in_json_adds_up() -> None:
+    """The calibrated figures hang together: the run's peak allocated is the largest stage's, nvidia-smi's is the
+    peak reserved plus the card's CUDA context, and the verdict follows from them and the card's capacity."""
+    from sdvram.gpus import GPUS
+
+    result = run("estimate", "--h", "1024", "--w", "768", "--tokens", "77", "--gpu", "rtx3060", "--vae-slicing",
+                 "--batch", "2", "--json")
+    assert result.exit_code == 0, result.stderr
+    calibrated = json.loads(result.stdout)["calibrated"]
+    figures = calibrated["bytes"]
+    assert calibrated["gpu"] == "rtx3060" and calibrated["compute_capability"] == 86
+    assert calibrated["switches"] == ["vae_slicing"] and calibrated["dtype"] == "float16"
+    assert figures["peak_allocated"] == max(figures["stages"].values())
+    assert figures["predicted_nvidia_smi"] == figures["peak_reserved"] + GPUS["rtx3060"].context
+    assert figures["capacity"] == GPUS["rtx3060"].memory - GPUS["rtx3060"].context
+    assert calibrated["fits"] == "fits" and figures["peak_reserved"] < figures["capacity"]
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--vae-tiling", "--offload", "model"], "one switch at a time"),
+    (["--gpu", "cpu"], "predicts a CUDA GPU"),
+    (["--vram", "8GB", "--arch", "sm100"], "not calibrated for sm100"),
+    (["--safety-checker"], "safety checker"),
+    (["--dtype", "bfloat16"], "not calibrated for bfloat16"),
+])
+def test_no_calibrated_answer_says_why_and_keeps_the_formula(args: list[str], says: str) -> None:
+    result = run("estimate", "--h", "512", "--w", "512", "--tokens", "50", *args)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Seed formula total:")
+    assert lines[1].startswith("Calibrated: none: ") and says in " ".join(lines[1:3])
+
+
+def test_calibrated_verdict_on_a_small_card() -> None:
+    # fp16 weights alone are 2.0 GiB: a 6 GB card cannot hold a 2048 x 2048 decode (the simulator needs 12 GiB)
+    result = run("estimate", "--h", "2048", "--w", "2048", "--tokens", "50", "--gpu", "rtx2060")
+    assert "does NOT fit rtx2060" in " ".join(result.stdout.split())
+    bad = run("estimate", "--h", "512", "--w", "512", "--tokens", "50", "--dtype", "float64")
+    assert bad.exit_code == 2 and "--dtype" in bad.stderr

@@ -229,19 +229,34 @@ def estimate(
     prompt: PromptOpt = None,
     batch: Annotated[str, typer.Option("--batch", metavar="N", help="Images per call (multiplies activations).")] = "1",
     safety_checker: SafetyOpt = False,
+    gpu: Annotated[str | None, typer.Option(
+        "--gpu", metavar="NAME", help=f"The card of the calibrated column: {', '.join(GPUS)} [default: {DEFAULT_GPU}].")
+    ] = None,
+    vram: VramOpt = None,
+    arch: ArchOpt = None,
+    dtype: Annotated[DType, typer.Option("--dtype", case_sensitive=False,
+                                         help="The calibrated column's dtype.")] = DType.float16,
+    vae_tiling: VaeTilingOpt = False,
+    vae_slicing: VaeSlicingOpt = False,
+    attention_slicing: AttentionSlicingOpt = None,
+    offload: OffloadOpt = Offload.none,
     units: UnitsOpt = Units.gib,
     json_path: JsonOpt = None,
 ) -> None:
-    """Evaluate the seed formula, stage by stage, in pure Python (no GPU, no torch)."""
+    """Evaluate the seed formula, stage by stage, and beside it the calibrated column: the simulator's peaks
+    for the card, dtype and switches, in closed form. Pure Python (no GPU, no torch)."""
     from sdvram.estimate import estimate as run_estimate
     from sdvram.inputs import parse_batch, parse_tokens
     from sdvram.report import estimate_table, to_json
 
     with failures():
+        target = _target(gpu, vram, arch)
         with reserved((json_path, "JSON document", "json")) as pendings:
             result = run_estimate(_size(height, "height"), _size(width, "width"),
                                   None if tokens is None else parse_tokens(tokens), image=_image(image, image_opt),
-                                  prompt=prompt, batch=parse_batch(batch), safety_checker=safety_checker)
+                                  prompt=prompt, batch=parse_batch(batch), safety_checker=safety_checker,
+                                  gpu=target, dtype=dtype.value, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                                  attention_slicing=attention_slicing, offload=offload.value)
         document = to_json(result.to_json()) + "\n"
         if json_path == STDOUT:
             sys.stdout.write(document)

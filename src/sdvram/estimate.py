@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from sdvram.architecture import CLIP_MAX_TOKENS
+from sdvram.calibrated import Calibrated, calibrate, verdict
 from sdvram.errors import InputError
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR, SeedEstimate, seed_estimate
-from sdvram.inputs import MIN_SIDE, parse_batch, parse_side, parse_tokens
+from sdvram.gpus import GpuSpec
+from sdvram.inputs import MIN_SIDE, parse_attention_slicing, parse_batch, parse_side, parse_tokens
+from sdvram.requests import switches_on
 
 # The prompt every command uses when given none (neither a prompt nor an image with a manifest entry);
 # the output names it, and its tokens are counted as any prompt's are.
 DEFAULT_PROMPT = "a detailed photograph of a landscape"
-SCHEMA_VERSION = 2  # of the estimate's JSON document; bump when a field changes meaning
+SCHEMA_VERSION = 3  # of the estimate's JSON document; bump when a field changes meaning (3: "calibrated")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,26 @@ class Estimate:
     tokens_source: str  # "tokens" (given), "prompt" (given), "manifest" (the image's) or "default prompt"
     untruncated_tokens: int | None  # the prompt's length before the pipeline's cut at 77 (None: over 77)
     notes: tuple[str, ...]
+    gpu: GpuSpec | None  # the card the calibrated column is for (None: no calibrated column asked for)
+    dtype: str
+    switches: tuple[str, ...]  # the switches that are on (requests.SWITCH_ORDER); the seed formula has none
+    calibrated: Calibrated | str | None  # the calibrated peaks, or why there are none for these settings
+
+    @property
+    def nvidia_smi(self) -> int | None:
+        """The calibrated peak reserved plus the CUDA context: what nvidia-smi would show for the process."""
+        if not isinstance(self.calibrated, Calibrated) or self.gpu is None:
+            return None
+        return self.calibrated.peak_reserved + self.gpu.context
+
+    @property
+    def fits(self) -> str | None:
+        """``calibrated.verdict`` on the card: fits, does not fit, or too close to tell (None: no calibrated
+        answer, or a card without a capacity)."""
+        capacity = self.gpu.capacity if self.gpu is not None else None
+        if not isinstance(self.calibrated, Calibrated) or capacity is None:
+            return None
+        return verdict(self.calibrated, capacity)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document of ``sdvram estimate --json`` (and a record's ``formula``): inputs, then every
@@ -53,8 +76,21 @@ class Estimate:
             "bytes": {**seed.stage_bytes(), "overhead": seed.overhead, "total": seed.total},
             "peak_stage": seed.peak_stage,
             "overhead_factor": OVERHEAD_NUMERATOR / OVERHEAD_DENOMINATOR,
+            "calibrated": self._calibrated_json(),
             "notes": list(self.notes),
         }
+
+    def _calibrated_json(self) -> dict[str, Any] | None:
+        if self.gpu is None:
+            return None
+        settings = {"gpu": self.gpu.key, "gpu_name": self.gpu.name, "compute_capability": self.gpu.sm,
+                    "dtype": self.dtype, "switches": list(self.switches)}
+        if not isinstance(self.calibrated, Calibrated):
+            return {**settings, "unavailable": self.calibrated}
+        figures = self.calibrated.to_json()
+        figures["bytes"].update(context=self.gpu.context, predicted_nvidia_smi=self.nvidia_smi,
+                                capacity=self.gpu.capacity)
+        return {**settings, **figures, "fits": self.fits}
 
 
 def estimate(
@@ -67,11 +103,19 @@ def estimate(
     batch: int = 1,
     safety_checker: bool = False,
     min_side: int = MIN_SIDE,
+    gpu: GpuSpec | None = None,
+    dtype: str = "float16",
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+    attention_slicing: str | int | None = None,
+    offload: str = "none",
 ) -> Estimate:
     """The seed formula for an image size (``height`` and ``width``, or ``image``) and a prompt length
     (``tokens``, or the tokens of ``prompt``, else of the image's manifest prompt, else of
     ``DEFAULT_PROMPT``). ``safety_checker`` counts its weights in the base (the seed's formula does not).
-    Raises ``InputError`` naming the parameter on anything not allowed."""
+    Beside it, when a ``gpu`` is given, the calibrated peaks on it in ``dtype`` with the switches given (which
+    the seed formula does not know). Raises ``InputError`` naming the parameter on
+    anything not allowed."""
     if image is not None and (height is not None or width is not None):
         raise InputError("Give either {image} or both {height} and {width}, not both.",
                          params=("image", "height", "width"))
@@ -119,6 +163,15 @@ def estimate(
         "The real pipeline pads every prompt to 77 tokens, so its memory does not depend on the prompt length."
     )
     seed = seed_estimate(h, w, n_tokens, batch=parse_batch(batch), safety_checker=safety_checker)
+    slicing = parse_attention_slicing(attention_slicing)
+    switches = switches_on(vae_slicing, vae_tiling, slicing, offload)
+    if switches:
+        notes.append("The seed formula knows no memory-saving switch; only the calibrated column counts them.")
+    calibrated: Calibrated | str | None = None
+    if gpu is not None:
+        calibrated = (calibrate(h, w, batch=seed.batch, dtype=dtype, sm=gpu.sm, switches=switches,
+                                attention_slicing=slicing, safety_checker=safety_checker)
+                      if gpu.is_cuda else "the calibrated column predicts a CUDA GPU, not the CPU")
     return Estimate(
         seed=seed,
         image=str(image) if image is not None else None,
@@ -126,4 +179,8 @@ def estimate(
         tokens_source=source,
         untruncated_tokens=untruncated,
         notes=tuple(notes),
+        gpu=gpu,
+        dtype=dtype,
+        switches=switches,
+        calibrated=calibrated,
     )

@@ -15,11 +15,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from sdvram.calibrated import DOES_NOT_FIT, FITS, Calibrated
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
 from sdvram.record import Record
 from sdvram.requests import switch_label, switches_on
-from sdvram.stages import label, term_label
+from sdvram.stages import STAGES, label, term_label
 from sdvram.units import Units, format_bytes, format_number, format_signed_percent, format_size, unit_label
 
 TOKEN_SOURCES = {"tokens": "given", "prompt": "counted from the prompt", "manifest": "the image's manifest prompt",
@@ -48,38 +49,88 @@ def to_json(document: dict[str, Any]) -> str:
 
 
 def estimate_table(result: Estimate, units: Units) -> Group:
-    """The answer first, then one row per seed-formula stage, the overhead and the total."""
+    """The answers first (the seed formula's total, then the calibrated peak on the card), then one row per
+    stage with the seed formula's term beside the calibrated stage peak, then the totals. Without a calibrated
+    answer, the seed formula's table alone."""
     seed = result.seed
     base_note = "UNet + VAE + text encoder" + (" + safety checker" if seed.safety_checker else "")
     source = TOKEN_SOURCES.get(result.tokens_source, result.tokens_source)
-    answer = Text(f"Seed formula total: {format_bytes(seed.total, units)} "
-                  f"(peak activation stage: {term_label(seed.peak_stage)})", style="bold")
-    heading = Text(
+    cal = result.calibrated if isinstance(result.calibrated, Calibrated) else None
+    lines: list[Any] = [Text(f"Seed formula total: {format_bytes(seed.total, units)} "
+                             f"(peak activation stage: {term_label(seed.peak_stage)})", style="bold")]
+    if result.gpu is not None:
+        lines.append(calibrated_line(result, units))
+    lines.append(Text(
         f"SD v1.5 img2img, {format_size(seed.width, seed.height)}, {seed.tokens} prompt tokens ({source})"
         + (f", batch {seed.batch}" if seed.batch > 1 else "")
+        + (f"\ncalibrated for {result.gpu.key} (sm{result.gpu.sm}), {result.dtype}, switches: "
+           + switch_label(result.switches) if result.gpu is not None and cal is not None else "")
         + "\nsafety checker " + ("counted (as from_pretrained loads it)" if seed.safety_checker
                                  else "not counted (as the seed's formula)"),
         style="italic",
-    )
-    table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("stage")
-    table.add_column(unit_label(units), justify="right")
-    table.add_column("note")
-    table.add_row(term_label("base"), format_number(seed.base, units), f"fp16 weights: {base_note}")
-    for name, value in seed.stage_bytes().items():
-        if name == "base":
-            continue
-        peak = name == seed.peak_stage
-        table.add_row(term_label(name) + (" *" if peak else ""), format_number(value, units),
-                      "peak activation stage" if peak else "", style="bold" if peak else None)
-    table.add_section()
-    table.add_row(OVERHEAD_LABEL, format_number(seed.overhead, units), f"on base + {term_label(seed.peak_stage)}")
-    table.add_row("total", format_number(seed.total, units), "", style="bold")
-    lines: list[Any] = [answer, heading]
+    ))
     if result.prompt is not None and result.tokens_source != "tokens":
         lines.append(Text(f"prompt: {result.prompt!r}", style="italic", overflow="ellipsis", no_wrap=True))
+    unit = unit_label(units)
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("stage")
+    table.add_column(f"seed formula\n{unit}" if cal is not None else unit, justify="right")
+    if cal is not None:
+        table.add_column(f"calibrated\npeak {unit}", justify="right")
+    table.add_column("note")
+
+    def row(label: str, term: int | None, calibrated: int | None, notes: list[str], style: str | None = None
+            ) -> None:
+        cells = [label, "" if term is None else format_number(term, units)]
+        if cal is not None:
+            cells.append("" if calibrated is None else format_number(calibrated, units))
+        table.add_row(*cells, "; ".join(notes), style=style)
+
+    terms = seed.stage_bytes()
+    top = max(cal.stages, key=lambda n: cal.stages[n]) if cal is not None else None
+    for stage in STAGES:
+        if stage.formula is None and (cal is None or stage.name not in cal.stages):
+            continue
+        seed_peak = stage.formula == seed.peak_stage
+        notes = [f"{'seed: ' if cal else ''}fp16 weights: {base_note}"] if stage.name == "load" else []
+        notes += [f"{'seed: ' if cal else ''}peak activation stage"] if seed_peak else []
+        notes += ["calibrated: peak stage"] if stage.name == top else []
+        row(stage.label + (" *" if seed_peak else ""), terms.get(stage.formula) if stage.formula else None,
+            cal.stages[stage.name] if cal is not None else None, notes,
+            "bold" if seed_peak or stage.name == top else None)
+    table.add_section()
+    row(OVERHEAD_LABEL, seed.overhead, None, [f"{'seed: ' if cal else ''}on base + {term_label(seed.peak_stage)}"])
+    row("total", seed.total, cal.peak_allocated if cal is not None else None,
+        ["calibrated: peak allocated"] if cal is not None else [], "bold")
+    if cal is not None and result.gpu is not None and result.nvidia_smi is not None:
+        row("peak reserved", None, cal.peak_reserved, ["torch.cuda.max_memory_reserved"])
+        row("nvidia-smi", None, result.nvidia_smi,
+            [f"reserved + CUDA context ({format_bytes(result.gpu.context, units)})"])
     lines.append(table)
+    if cal is not None:
+        lines.append(Text(
+            "seed formula: the seed document's terms, activations on top of the base, as it defines them. "
+            "calibrated: each stage's peak allocated, weights included: the simulator's closed form. Checked "
+            f"against `sdvram simulate` on sizes it was not fitted on: allocated within {cal.allocated_error:.1%}, "
+            f"reserved within {cal.reserved_error:.1%}"
+            + (" (this size is outside the 64 to 4096 px fitted: extrapolated)." if cal.extrapolated else "."),
+            style="italic"))
     return Group(*lines)
+
+
+def calibrated_line(result: Estimate, units: Units) -> Text:
+    """The calibrated answer in one line: the peak nvidia-smi would show, and whether the card holds it."""
+    cal, gpu = result.calibrated, result.gpu
+    if gpu is None or not isinstance(cal, Calibrated):
+        return Text(f"Calibrated: none: {cal or 'no card given'}.", style="bold yellow")
+    smi = format_bytes(result.nvidia_smi or 0, units)
+    text = f"Calibrated: {smi} on nvidia-smi, {format_bytes(cal.peak_allocated, units)} allocated"
+    if result.fits is None:
+        return Text(text, style="bold")
+    style = {FITS: "bold green", DOES_NOT_FIT: "bold red"}.get(result.fits, "bold yellow")
+    said = {FITS: f"fits {gpu.key}", DOES_NOT_FIT: f"does NOT fit {gpu.key}"}.get(
+        result.fits, f"too close to {gpu.key}'s usable memory to tell: simulate it")
+    return Text(f"{text}: {said}", style=style)
 
 
 def answer_line(record: Record, units: Units) -> Text:

@@ -63,7 +63,7 @@ def test_stages_before_the_image_have_no_size_term() -> None:
     ({"safety_checker": True}, "safety checker"),
     ({"batch": 5}, "batches 1 to 4"),
     ({"switches": ("vae_tiling", "model_offload")}, "one switch at a time"),
-    ({"switches": ("attention_slicing",), "attention_slicing": 2}, "attention slicing is calibrated at auto"),
+    ({"switches": ("attention_slicing",), "attention_slicing": 2}, "only attention slicing at auto"),
     ({"dtype": "bfloat16"}, "not calibrated for bfloat16"),
     ({"sm": 100}, "not calibrated for sm100"),
 ])

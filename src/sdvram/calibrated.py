@@ -165,7 +165,7 @@ def calibrate(height: int, width: int, *, batch: int = 1, dtype: str = "float16"
     if switch_set is None:
         if len(switches) > 1:
             return "one switch at a time is calibrated; simulate this combination"
-        return "attention slicing is calibrated at auto only; simulate this size"
+        return "only attention slicing at auto is calibrated; simulate it"
     entries = [e for e in _document()["entries"] if e["dtype"] == dtype and e["switches"] == switch_set]
     if not entries:
         return f"not calibrated for {dtype} (calibrated: float16 and float32)"

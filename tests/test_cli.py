@@ -83,6 +83,22 @@ def test_version_reads_package_metadata() -> None:
     assert result.stdout.strip() == f"sdvram {version('sdvram')}"
 
 
+def test_ctrl_c_during_the_heavy_imports_waits_for_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands inside an import (torch takes seconds) is held until the import is done, then raised:
+    an import cut short left numpy half-initialised and the command died with a RecursionError traceback."""
+    from sdvram.extras import import_uninterrupted
+
+    (tmp_path / "interrupted_midway.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nfinished = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        import_uninterrupted(("interrupted_midway",))
+    assert sys.modules["interrupted_midway"].finished  # the module ran to its end
+    assert signal.getsignal(signal.SIGINT) is before  # and Ctrl-C works as before
+    del sys.modules["interrupted_midway"]
+
+
 def test_ctrl_c_is_one_sentence_and_exit_130() -> None:
     pytest.importorskip("diffusers")
     proc = subprocess.Popen([sys.executable, "-m", "sdvram", "profile", "--h", "64", "--w", "64", "--device", "cpu",

@@ -374,10 +374,12 @@ def simulate(
         request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings)
         from sdvram.engine import resolve
         from sdvram.requests import check_switches_on_device
-        from sdvram.simulate import SimulateOptions
 
         check_switches_on_device(settings, "cuda" if target.is_cuda else "cpu")
         resolve(request)
+        _load_libraries()
+        from sdvram.simulate import SimulateOptions
+
         # a timeline names what is alive at its peak: the explain snapshots are kept for it
         options = SimulateOptions(target, attention, explain or timeline is not None, timeline=timeline is not None)
         _run_and_deliver("simulate", request, options, json_path, None, units, verbose, timeline, explain)
@@ -414,12 +416,13 @@ def fit(
         shape = _aspect(image, aspect)
         settings = _settings(steps, strength, guidance, batch, "0", safety_checker)
         from sdvram.engine import resolve
-        from sdvram.fit import fit as run_fit
-        from sdvram.report import fit_table, to_json
         from sdvram.requests import RunRequest
 
         request = RunRequest(height=512, width=512, dtype=dtype, settings=settings)
         resolve(request)  # the settings checked before the search
+        _load_libraries()
+        from sdvram.fit import fit as run_fit
+        from sdvram.report import fit_table, to_json
         with reserved((json_path, "JSON document", "json")) as pendings, search_progress() as progress:
             result = run_fit(request, target, shape, progress)
         document = to_json(result.to_json()) + "\n"
@@ -480,6 +483,7 @@ def sweep(
         request = RunRequest(height=512, width=512, dtype=dtype, settings=settings)
         resolve(request)
         plot_fmt = _plot_format(png_path, "png")
+        _load_libraries()
         from sdvram.report import sweep_tables, to_json
         from sdvram.sweep import sweep as run_sweep
 
@@ -620,6 +624,13 @@ def _require_profile_extra() -> None:
     require_profile_extra()
 
 
+def _load_libraries() -> None:
+    """Load torch, diffusers and transformers once the input is checked, Ctrl-C held back meanwhile."""
+    from sdvram.extras import import_uninterrupted
+
+    import_uninterrupted()
+
+
 def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | None, image_path: Path | None,
                      units: Units, verbose: bool, timeline_path: Path | None = None,
                      show_explain: bool = False) -> None:
@@ -629,6 +640,7 @@ def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | Non
 
     image_fmt = image_format(image_path, "save_image") if image_path is not None else None
     plot_fmt = _plot_format(timeline_path, "timeline")
+    _load_libraries()
     with (reserved((json_path, "JSON record", "json"), (image_path, "output image", "save_image"),
                    (timeline_path, "timeline plot", "timeline")) as pendings, unet_progress() as progress):
         if kind == "profile":

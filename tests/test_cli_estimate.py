@@ -233,7 +233,7 @@ def test_calibrated_column_in_json_adds_up() -> None:
     assert figures["peak_allocated"] == max(figures["stages"].values())
     assert figures["predicted_nvidia_smi"] == figures["peak_reserved"] + GPUS["rtx3060"].context
     assert figures["capacity"] == GPUS["rtx3060"].memory - GPUS["rtx3060"].context
-    assert calibrated["fits"] == "fits" and figures["peak_reserved"] < figures["capacity"]
+    assert calibrated["verdict"] == "fits" and figures["peak_reserved"] < figures["capacity"]
 
 
 @pytest.mark.parametrize(("args", "says"), [

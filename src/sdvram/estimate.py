@@ -47,7 +47,7 @@ class Estimate:
         return self.calibrated.peak_reserved + self.gpu.context
 
     @property
-    def fits(self) -> str | None:
+    def verdict(self) -> str | None:
         """``calibrated.verdict`` on the card: fits, does not fit, or too close to tell (None: no calibrated
         answer, or a card without a capacity)."""
         capacity = self.gpu.capacity if self.gpu is not None else None
@@ -90,7 +90,7 @@ class Estimate:
         figures = self.calibrated.to_json()
         figures["bytes"].update(context=self.gpu.context, predicted_nvidia_smi=self.nvidia_smi,
                                 capacity=self.gpu.capacity)
-        return {**settings, **figures, "fits": self.fits}
+        return {**settings, **figures, "verdict": self.verdict}
 
 
 def estimate(

@@ -125,11 +125,11 @@ def calibrated_line(result: Estimate, units: Units) -> Text:
         return Text(f"Calibrated: none: {cal or 'no card given'}.", style="bold yellow")
     smi = format_bytes(result.nvidia_smi or 0, units)
     text = f"Calibrated: {smi} on nvidia-smi, {format_bytes(cal.peak_allocated, units)} allocated"
-    if result.fits is None:
+    if result.verdict is None:
         return Text(text, style="bold")
-    style = {FITS: "bold green", DOES_NOT_FIT: "bold red"}.get(result.fits, "bold yellow")
+    style = {FITS: "bold green", DOES_NOT_FIT: "bold red"}.get(result.verdict, "bold yellow")
     said = {FITS: f"fits {gpu.key}", DOES_NOT_FIT: f"does NOT fit {gpu.key}"}.get(
-        result.fits, f"too close to {gpu.key}'s usable memory to tell: simulate it")
+        result.verdict, f"too close to {gpu.key}'s usable memory to tell: simulate it")
     return Text(f"{text}: {said}", style=style)
 
 

@@ -158,8 +158,8 @@ def choose_forms(rows: list[list[float]], targets: list[float]) -> list[list[flo
         for fold in range(FOLDS):
             train = [i for i in range(len(rows)) if i % FOLDS != fold]
             forms = max_affine([rows[i] for i in train], [targets[i] for i in train], pieces)
-            worst = max(worst, *(abs(error(evaluate(forms, rows[i]), targets[i]))
-                                 for i in range(len(rows)) if i % FOLDS == fold))
+            worst = max([worst, *(abs(error(evaluate(forms, rows[i]), targets[i]))
+                                  for i in range(len(rows)) if i % FOLDS == fold)])
         scores.append((worst, pieces))
     return max_affine(rows, targets, min(scores)[1])
 

@@ -40,12 +40,12 @@ from sdvram.calibrated import (  # noqa: E402
     FLOOR,
     MAX_SIDE,
     MIN_SIDE,
+    QUANTITIES,
     RESERVED,
     STAGE_NAMES,
     SWITCH_SETS,
     evaluate,
     features,
-    fitted_quantities,
     regime,
     reserved_from,
 )
@@ -76,14 +76,21 @@ def sizes(rng: random.Random, count: int) -> list[tuple[int, int]]:
     return [(side(), side()) for _ in range(count)]
 
 
+def unlimited(sm: int) -> Any:
+    """A card of compute capability ``sm`` without a memory limit: the run's need, which the calibration predicts
+    (on a card it overflows, the allocator releases its cache and the figures are the card's, not the run's)."""
+    from sdvram.gpus import GpuSpec
+
+    return GpuSpec(f"sm{sm}", f"an sm{sm} card without a memory limit", (sm // 10, sm % 10), None)
+
+
 def simulate_point(job: tuple[int, str, str, int, int, int]) -> dict[str, Any]:
     from sdvram.choices import DType
-    from sdvram.gpus import GpuSpec
     from sdvram.requests import RunRequest, Settings
     from sdvram.simulate import SimulateOptions, simulate
 
     sm, dtype, switch_set, batch, height, width = job
-    gpu = GpuSpec(f"sm{sm}", f"an sm{sm} card without a memory limit", (sm // 10, sm % 10), 1 << 50)
+    gpu = unlimited(sm)
     settings = Settings(batch=batch, **SWITCH_SETS[switch_set])
     record = simulate(RunRequest(height=height, width=width, dtype=DType(dtype), settings=settings),
                       SimulateOptions(gpu))
@@ -96,7 +103,6 @@ def arch_groups(sms: list[int]) -> dict[str, list[list[int]]]:
     """Compute capabilities the simulator treats alike, per dtype: the same cuBLAS workspace and the same attention
     kernel for every attention call of the pipeline (asked of the simulator at one small size)."""
     from sdvram.choices import DType
-    from sdvram.gpus import GpuSpec
     from sdvram.requests import RunRequest
     from sdvram.simulate import SimulateOptions, simulate
     from sdvram.workspaces import cublas_workspaces
@@ -105,8 +111,7 @@ def arch_groups(sms: list[int]) -> dict[str, list[list[int]]]:
     for dtype in ("float16", "float32"):
         by_signature: dict[str, list[int]] = {}
         for sm in sms:
-            gpu = GpuSpec(f"sm{sm}", f"sm{sm}", (sm // 10, sm % 10), 1 << 50)
-            record = simulate(RunRequest(height=64, width=64, dtype=DType(dtype)), SimulateOptions(gpu))
+            record = simulate(RunRequest(height=64, width=64, dtype=DType(dtype)), SimulateOptions(unlimited(sm)))
             assert record.simulation is not None
             calls = sorted(json.dumps(c, sort_keys=True) for c in record.simulation.attention_calls)
             by_signature.setdefault(json.dumps([cublas_workspaces(sm), calls]), []).append(sm)
@@ -179,7 +184,7 @@ def fit_group(points: list[dict[str, Any]], checks: list[dict[str, Any]], switch
             fits.setdefault(str(batch), {})[key] = {
                 name: choose_forms([features(switch_set, name, p["height"], p["width"]) for p in group],
                                    [_quantity(p, name) for p in group])
-                for name in fitted_quantities(switch_set)}
+                for name in QUANTITIES}
     worst = {"allocated": 0.0, "reserved": 0.0}
     for p in checks:
         forms = fits[str(p["batch"])][regime(switch_set, p["height"], p["width"])]

@@ -43,6 +43,9 @@ FLOOR = 2**20
 GUARANTEE = 0.03  # the accuracy promised for the allocated peaks (issue 11), the least margin a verdict keeps
 FITS, DOES_NOT_FIT, TOO_CLOSE = "fits", "does not fit", "too close to tell"
 RESERVED = "peak_reserved"  # the run's, fitted as a whole: segments cached in one stage serve the next
+# What is fitted for each setting: every stage's peak allocated, and the run's peak reserved. The run's peak
+# allocated is the largest stage's.
+QUANTITIES = (*STAGE_NAMES, RESERVED)
 TILED_QUANTITIES = ("vae_encode", "vae_decode", RESERVED)  # where the VAE's tiles are alive
 SCORE_QUANTITIES = ("unet", RESERVED)  # where attention slicing's score matrices are alive
 
@@ -81,12 +84,6 @@ def features(switch_set: str, quantity: str, height: int, width: int) -> list[fl
     if quantity in SCORE_QUANTITIES and switch_set == "attention_slicing":
         row += [float(levels[0]) ** 2, float(levels[1]) ** 2]
     return row
-
-
-def fitted_quantities(switch_set: str) -> tuple[str, ...]:
-    """What is fitted for each setting: every stage's peak allocated, and the run's peak reserved (not a per-stage
-    quantity: segments cached in one stage serve the next). The run's peak allocated is the largest stage's."""
-    return (*STAGE_NAMES, RESERVED)
 
 
 def reserved_from(allocated: int, reserved: int) -> int:

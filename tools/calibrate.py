@@ -46,8 +46,8 @@ from sdvram.calibrated import (  # noqa: E402
     SWITCH_SETS,
     evaluate,
     features,
+    predict,
     regime,
-    reserved_from,
 )
 from sdvram.calibrated import relative_error as error  # noqa: E402
 
@@ -62,10 +62,10 @@ CORNERS = ((64, 64), (64, 4096), (4096, 64), (4096, 4096), (512, 512), (520, 512
 MAX_PIECES = 4  # linear forms per quantity at most: the peak moves between a few moments of a stage
 FOLDS = 4  # cross-validation folds that choose the number of pieces
 DIGITS = 10  # significant digits kept of each coefficient: 1e-10 relative, far below the errors checked
-MAX_ITERATIONS = 30
+MAX_ITERATIONS = 30  # of the max-affine fit's alternation (it settles in a few)
 # Where the starting bands of a max-affine fit are cut, as fractions of the points ordered by size: the
 # alternation finds a local optimum, so it starts from every choice of these cuts and keeps the best.
-START_CUTS = (0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9)  # of the max-affine fit's alternation (it settles in a few)
+START_CUTS = (0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9)
 
 
 def sizes(rng: random.Random, count: int) -> list[tuple[int, int]]:
@@ -187,14 +187,10 @@ def fit_group(points: list[dict[str, Any]], checks: list[dict[str, Any]], switch
                 for name in QUANTITIES}
     worst = {"allocated": 0.0, "reserved": 0.0}
     for p in checks:
-        forms = fits[str(p["batch"])][regime(switch_set, p["height"], p["width"])]
-        predicted = {name: evaluate(f, features(switch_set, name, p["height"], p["width"]))
-                     for name, f in forms.items()}
-        allocated = max(predicted[n] for n in STAGE_NAMES)
-        errors = [error(predicted[n], p["stages"][n]) for n in STAGE_NAMES]
+        stages, allocated, reserved = predict(fits[str(p["batch"])], switch_set, p["height"], p["width"])
+        errors = [error(stages[n], p["stages"][n]) for n in STAGE_NAMES]
         errors.append(error(allocated, p["peak_allocated"]))
         worst["allocated"] = max(worst["allocated"], *map(abs, errors))
-        reserved = reserved_from(allocated, predicted[RESERVED])
         worst["reserved"] = max(worst["reserved"], abs(error(reserved, p["peak_reserved"])))
     return fits, worst
 

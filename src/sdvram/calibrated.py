@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sdvram.architecture import VAE_SCALE_FACTOR
 from sdvram.choices import Offload
 
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.json"
@@ -31,7 +32,6 @@ SWITCH_SETS: dict[str, dict[str, Any]] = {
     "sequential_offload": {"offload": Offload.sequential},
 }
 STAGE_NAMES = ("load", "text_encoder", "vae_encode", "unet", "vae_decode")
-LATENT_SCALE = 8  # the VAE's 8x downsampling: the UNet's levels are the latent's, rounded up at each halving
 UNET_LEVELS = 4  # SD v1.5's UNet halves the latent three times (block_out_channels has four entries)
 # diffusers' AutoencoderKL tiling (autoencoder_kl.py, sample_size 512, overlap 0.25): tiles of 64 latent px (512
 # image px) every 48 (384), used when a side is larger than one tile.
@@ -57,7 +57,7 @@ def unet_levels(latent_h: int, latent_w: int) -> list[int]:
 
 def tiled(switch_set: str, height: int, width: int) -> bool:
     """Does the VAE tile at this size? (``_encode``/``_decode``: a side larger than one tile)."""
-    return switch_set == "vae_tiling" and max(height, width) > TILE * LATENT_SCALE
+    return switch_set == "vae_tiling" and max(height, width) > TILE * VAE_SCALE_FACTOR
 
 
 def regime(switch_set: str, height: int, width: int) -> str:
@@ -74,7 +74,7 @@ def features(switch_set: str, quantity: str, height: int, width: int) -> list[fl
     of the two largest attention levels (``SlicedAttnProcessor`` materialises each slice's scores, N x N)."""
     if quantity in FIXED_STAGES:
         return [1.0]
-    latent_h, latent_w = height // LATENT_SCALE, width // LATENT_SCALE
+    latent_h, latent_w = height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR
     levels = unet_levels(latent_h, latent_w)
     row = [1.0, *map(float, levels)]
     if quantity in TILED_QUANTITIES and tiled(switch_set, height, width):
@@ -86,9 +86,14 @@ def features(switch_set: str, quantity: str, height: int, width: int) -> list[fl
     return row
 
 
-def reserved_from(allocated: int, reserved: int) -> int:
-    """The run's peak reserved: as fitted, and never below its peak allocated (the segments hold every block)."""
-    return max(allocated, reserved)
+def predict(fits: dict[str, Any], switch_set: str, height: int, width: int) -> tuple[dict[str, int], int, int]:
+    """Each stage's peak allocated, the run's peak allocated (the largest stage's) and its peak reserved (as
+    fitted, never below the peak allocated: the segments hold every block), from the forms of one batch
+    (``fits``: regime -> quantity -> forms)."""
+    forms = fits[regime(switch_set, height, width)]
+    stages = {name: evaluate(forms[name], features(switch_set, name, height, width)) for name in STAGE_NAMES}
+    allocated = max(stages.values())
+    return stages, allocated, max(allocated, evaluate(forms[RESERVED], features(switch_set, RESERVED, height, width)))
 
 
 @dataclass(frozen=True)
@@ -170,14 +175,11 @@ def calibrate(height: int, width: int, *, batch: int = 1, dtype: str = "float16"
     if entry is None:
         known = ", ".join(f"sm{s}" for s in sorted(s for e in entries for s in e["sms"]))
         return f"not calibrated for sm{sm} (calibrated: {known}, the compute capabilities of the GPU table)"
-    height, width = height - height % LATENT_SCALE, width - width % LATENT_SCALE
-    fits = entry["fits"][str(batch)][regime(switch_set, height, width)]
-    value = {name: evaluate(forms, features(switch_set, name, height, width)) for name, forms in fits.items()}
+    height, width = height - height % VAE_SCALE_FACTOR, width - width % VAE_SCALE_FACTOR
+    stages, allocated, reserved = predict(entry["fits"][str(batch)], switch_set, height, width)
     label = f"{dtype} sm{'/'.join(map(str, entry['sms']))} {switch_set}"
-    stages = {name: value[name] for name in STAGE_NAMES}
-    allocated = max(stages.values())
     return Calibrated(
-        stages=stages, peak_allocated=allocated, peak_reserved=reserved_from(allocated, value[RESERVED]),
+        stages=stages, peak_allocated=allocated, peak_reserved=reserved,
         extrapolated=not (MIN_SIDE <= min(height, width) and max(height, width) <= MAX_SIDE),
         allocated_error=_document()["check_worst_relative_error"][label]["allocated"],
         reserved_error=_document()["check_worst_relative_error"][label]["reserved"],

@@ -114,8 +114,7 @@ def estimate(
     (``tokens``, or the tokens of ``prompt``, else of the image's manifest prompt, else of
     ``DEFAULT_PROMPT``). ``safety_checker`` counts its weights in the base (the seed's formula does not).
     Beside it, when a ``gpu`` is given, the calibrated peaks on it in ``dtype`` with the switches given (which
-    the seed formula does not know). Raises ``InputError`` naming the parameter on
-    anything not allowed."""
+    the seed formula does not know). Raises ``InputError`` naming the parameter on anything not allowed."""
     if image is not None and (height is not None or width is not None):
         raise InputError("Give either {image} or both {height} and {width}, not both.",
                          params=("image", "height", "width"))

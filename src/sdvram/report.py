@@ -87,19 +87,20 @@ def estimate_table(result: Estimate, units: Units) -> Group:
         table.add_row(*cells, "; ".join(notes), style=style)
 
     terms = seed.stage_bytes()
+    tag = "seed: " if cal is not None else ""  # which answer a note is about, where there are two
     top = max(cal.stages, key=lambda n: cal.stages[n]) if cal is not None else None
     for stage in STAGES:
         if stage.formula is None and (cal is None or stage.name not in cal.stages):
             continue
         seed_peak = stage.formula == seed.peak_stage
-        notes = [f"{'seed: ' if cal else ''}fp16 weights: {base_note}"] if stage.name == "load" else []
-        notes += [f"{'seed: ' if cal else ''}peak activation stage"] if seed_peak else []
+        notes = [f"{tag}fp16 weights: {base_note}"] if stage.name == "load" else []
+        notes += [f"{tag}peak activation stage"] if seed_peak else []
         notes += ["calibrated: peak stage"] if stage.name == top else []
         row(stage.label + (" *" if seed_peak else ""), terms.get(stage.formula) if stage.formula else None,
             cal.stages[stage.name] if cal is not None else None, notes,
             "bold" if seed_peak or stage.name == top else None)
     table.add_section()
-    row(OVERHEAD_LABEL, seed.overhead, None, [f"{'seed: ' if cal else ''}on base + {term_label(seed.peak_stage)}"])
+    row(OVERHEAD_LABEL, seed.overhead, None, [f"{tag}on base + {term_label(seed.peak_stage)}"])
     row("total", seed.total, cal.peak_allocated if cal is not None else None,
         ["calibrated: peak allocated"] if cal is not None else [], "bold")
     if cal is not None and result.gpu is not None and result.nvidia_smi is not None:

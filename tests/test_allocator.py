@@ -94,7 +94,8 @@ def test_peaks_and_reset() -> None:
     assert model.peak_allocated == 0 and model.peak_reserved == 30 * MIB
 
 
-@pytest.mark.parametrize("name", ["trace-decode-2048.pkl.gz", "trace-512-steps10.pkl.gz"])
+@pytest.mark.parametrize("name", ["trace-decode-2048.pkl.gz", "trace-decode-1200x1800.pkl.gz",
+                                  "trace-512-steps10.pkl.gz"])
 def test_real_traces_replay_exactly(name: str) -> None:
     result = replay(load_trace(DATA / name))
     assert result.misplaced == 0  # every one of the real requests got the block at the real address

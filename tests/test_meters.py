@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -58,3 +60,105 @@ def test_a_capacity_failure_is_noted_once_and_the_run_goes_on() -> None:
         assert meter.failure is not None and meter.failure.context == "stage"
         assert seen == [3 * 1024**2] and meter.allocated() == 6 * 1024**2
         del a, b
+
+
+# -- CudaMeter's logic on the CPU, through its seam (tests/fake_cuda.py) ----------------------------------------
+
+from sdvram.engine import StageRecorder  # noqa: E402
+from sdvram.meters import CudaMeter  # noqa: E402
+
+from .fake_cuda import FakeCuda, FakeNvml, FakeProcess  # noqa: E402
+
+MIB = 1024**2
+
+
+def test_cuda_meter_cuts_peaks_per_stage() -> None:
+    """Each stage's peak is the allocator's max_memory_allocated since the stage began: the meter resets the peak
+    statistics at every boundary, so a large temporary of one stage does not show in the next."""
+    cuda = FakeCuda()
+    meter = CudaMeter(torch.device("cuda", 0), cuda=cuda, nvml=FakeNvml())
+    recorder = StageRecorder(meter)
+    with meter:
+        with recorder.stage("load"):
+            weights = cuda.malloc(100 * MIB)  # a 100 MiB segment of its own
+        with recorder.stage("vae_decode"):
+            scratch = cuda.malloc(300 * MIB)
+            cuda.free(scratch)
+        with recorder.stage("safety_checker"):
+            small = cuda.malloc(4 * MIB)  # a 20 MiB segment for requests of 1 to 10 MiB
+            cuda.free(small)
+    load, decode, checker = recorder.stages
+    assert (load.allocated_start, load.peak_allocated, load.allocated_end) == (0, 100 * MIB, 100 * MIB)
+    assert decode.peak_allocated == 400 * MIB and decode.allocated_end == 100 * MIB
+    assert checker.peak_allocated == 104 * MIB  # not the decoder's 400 MiB: the peak was reset
+    # reserved: the freed 300 MiB segment stays cached, and the checker's 4 MiB request is carved from it (the
+    # smallest free block of the large pool that holds it): no new segment, reserved stays at 400 MiB
+    assert decode.peak_reserved == checker.peak_reserved == 400 * MIB
+    assert recorder.peak_allocated == 400 * MIB and recorder.peak_reserved == 400 * MIB
+    assert cuda.calls.count("reset_peak_memory_stats") >= 4  # on entering, then after each stage's peak is read
+    del weights
+
+
+def test_cuda_meter_samples_nvml_for_the_device_and_this_process() -> None:
+    cuda, nvml = FakeCuda(), FakeNvml(used=1000 * MIB)
+    with CudaMeter(torch.device("cuda"), cuda=cuda, nvml=nvml) as meter:
+        nvml.sampled()
+        nvml.used = 3000 * MIB  # the device's memory.used rises (another process, or this one)
+        nvml.processes = [FakeProcess(os.getpid() + 1, 9000 * MIB), nvml.me(None)]  # another pid; no figure yet
+        nvml.sampled()
+        nvml.processes = [nvml.me(2500 * MIB)]
+        nvml.sampled()
+        nvml.used, nvml.processes = 1500 * MIB, [nvml.me(1200 * MIB)]  # falls again: the peaks stay
+        nvml.sampled()
+    assert meter.device_peak() == 3000 * MIB  # the largest memory.used seen
+    assert meter.process_peak == 2500 * MIB  # this process only, not the other pid's 9000 MiB
+    assert nvml.handles == ["uuid"] and nvml.shut_down
+    env = meter.environment()
+    assert (env["gpu_name"], env["gpu_total_memory"], env["compute_capability"]) == ("NVIDIA Scripted GPU",
+                                                                                      8 * 1024**3, "8.6")
+    assert env["driver"] == "580.159.04" and env["nvml_error"] is None
+
+
+def test_cuda_meter_finds_nvml_s_device_by_index_when_the_uuid_is_unknown() -> None:
+    nvml = FakeNvml(known_uuid=None)
+    with CudaMeter(torch.device("cuda", 0), cuda=FakeCuda(), nvml=nvml):
+        pass
+    assert nvml.handles == ["index 0"]
+
+
+def test_cuda_meter_without_nvml_still_measures_the_allocator() -> None:
+    cuda = FakeCuda()
+    with CudaMeter(torch.device("cuda"), cuda=cuda, nvml=FakeNvml(fail_init=True)) as meter:
+        block = cuda.malloc(30 * MIB)
+        peak = meter.take_peak()
+    assert (peak.allocated, peak.reserved) == (30 * MIB, 30 * MIB)
+    assert meter.device_peak() is None and meter.process_peak is None
+    assert meter.nvml_error == "NVML unavailable: NVML Shared Library Not Found"
+    assert meter.environment()["driver"] is None
+    cuda.free(block)
+
+
+def test_a_failed_nvml_sample_loses_that_sample_not_the_run() -> None:
+    nvml = FakeNvml(used=700 * MIB, fail_samples=1)
+    with CudaMeter(torch.device("cuda"), cuda=FakeCuda(), nvml=nvml) as meter:  # the first sample fails
+        nvml.sampled()
+    assert meter.device_peak() == 700 * MIB
+    assert meter.nvml_error == "NVML sampling failed: GPU is lost"
+
+
+def test_cuda_meter_timeline_reads_the_allocator_trace() -> None:
+    cuda = FakeCuda()
+    with CudaMeter(torch.device("cuda"), timeline=True, cuda=cuda, nvml=FakeNvml()) as meter:
+        assert meter.timeline_position() == 0
+        a = cuda.malloc(2 * MIB)
+        b = cuda.malloc(512)
+        cuda.free(a)
+        assert meter.timeline_position() == 5  # a segment and a request, twice, then a free
+    assert not cuda.memory.recording  # the history is switched off on leaving
+    series = meter.timeline_series()
+    # 2 MiB is a large request under 10 MiB -> a 20 MiB segment; 512 bytes a small one -> a 2 MiB segment of the
+    # small pool. The series is the allocator's counts after each event (a segment_alloc changes nothing yet:
+    # the model makes the segment with the request that needs it)
+    assert series == [(0, 0), (2 * MIB, 20 * MIB), (2 * MIB, 20 * MIB), (2 * MIB + 512, 22 * MIB),
+                      (512, 22 * MIB)]
+    cuda.free(b)

@@ -2,7 +2,8 @@
 # Measure SD v1.5 (random weights, fp16, the seed's reference settings, safety checker on as from_pretrained
 # loads it) on this machine's CUDA GPU and write everything the simulator is checked against into one folder
 # (default docs/measurements/<gpu>-<date>): profile records (each carries the simulation of the same
-# settings), the per-convolution workspace tables, the memory-saving variants, and two allocator traces.
+# settings), the per-convolution workspace tables, the memory-saving variants, and the allocator traces; and first
+# the GPU tests (tests/test_gpu.py: the real CudaMeter and NVML, which CI tests only through a scripted fake).
 # Run from the repository root; with no install, PYTHONPATH=src. Each part goes on when another fails; the
 # exit status is the last failure's (5: out of GPU memory, the record still written).
 set -uo pipefail
@@ -11,6 +12,11 @@ out=${1:-docs/measurements/$gpu-$(date +%F)}
 mkdir -p "$out/profiles"
 status=0
 run() { "$@" || status=$?; }
+if python3 -c "import pytest" 2>/dev/null; then
+    run python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+else
+    echo "pytest is not installed here: tests/test_gpu.py not run" >&2
+fi
 for image in images/*.jp*g; do
     name=$(basename "${image%.*}")
     run python3 -m sdvram profile "$image" --weights random --safety-checker --json "$out/profiles/$name.json"
@@ -22,6 +28,7 @@ done
 run python3 tools/gpu_trace.py "$out/trace-512-steps10.pkl.gz" profile --h 512 --w 512 --weights random \
     --safety-checker --steps 10 --json "$out/profiles/512x512-steps10-traced.json"
 run python3 tools/gpu_trace.py "$out/trace-decode-2048.pkl.gz" --decode 2048 2048
+run python3 tools/gpu_trace.py "$out/trace-decode-1200x1800.pkl.gz" --decode 1200 1800
 run python3 tools/gpu_convs.py > "$out/convs.jsonl"
 run env DTYPE=float32 SKIP_CL=1 python3 tools/gpu_convs.py 512x512 1024x1024 > "$out/convs-fp32.jsonl"
 run env DTYPE=bfloat16 SKIP_CL=1 python3 tools/gpu_convs.py 512x512 1024x1024 > "$out/convs-bf16.jsonl"

@@ -13,6 +13,7 @@ Import this module only on the profile/simulate paths: it imports torch.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import weakref
@@ -85,15 +86,22 @@ class CudaMeter:
     ``allocated()`` is ``torch.cuda.memory_allocated()``; ``take_peak()`` returns
     ``torch.cuda.max_memory_allocated()`` and ``max_memory_reserved()`` since the previous call, then
     ``torch.cuda.reset_peak_memory_stats()``; ``device_peak()`` is the largest ``memory.used`` of the device
-    that nvidia-smi would have shown while the meter was entered (``nvmlDeviceGetMemoryInfo``), and
-    ``process_peak`` the largest ``usedGpuMemory`` NVML listed for this process.
+    that nvidia-smi would have shown while the meter was entered (``nvmlDeviceGetMemoryInfo``; command line
+    equivalent ``nvidia-smi --query-gpu=memory.used``), and ``process_peak`` the largest ``usedGpuMemory`` NVML
+    listed for this process (``nvidia-smi --query-compute-apps=pid,used_memory``).
+
+    The seam: ``cuda`` is the ``torch.cuda`` module and ``nvml`` the ``pynvml`` module unless given (the tests
+    give scripted fakes with the same functions, so that this logic runs on a machine without a GPU);
+    ``nvml=None`` imports pynvml when the meter is entered, and measures without it where it is missing.
     """
 
     kind = "cuda"
 
-    def __init__(self, device: torch.device, timeline: bool = False) -> None:
+    def __init__(self, device: torch.device, timeline: bool = False, cuda: Any = None, nvml: Any = None) -> None:
         self.device = device
         self.timeline = timeline
+        self.cuda = torch.cuda if cuda is None else cuda
+        self._nvml_module = nvml
         self.trace: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,17 +112,17 @@ class CudaMeter:
         self.process_peak: int | None = None
 
     def __enter__(self) -> CudaMeter:
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
+        self.cuda.synchronize(self.device)
+        self.cuda.reset_peak_memory_stats(self.device)
         if self.timeline:  # the allocator's own trace of every alloc and free, without stacks (cheaper)
-            torch.cuda.memory._record_memory_history(context=None, max_entries=TRACE_ENTRIES, device=self.device)
+            self.cuda.memory._record_memory_history(context=None, max_entries=TRACE_ENTRIES, device=self.device)
         self._start_nvml()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.timeline:
-            self.trace = torch.cuda.memory._snapshot(self.device)
-            torch.cuda.memory._record_memory_history(enabled=None, device=self.device)
+            self.trace = self.cuda.memory._snapshot(self.device)
+            self.cuda.memory._record_memory_history(enabled=None, device=self.device)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -123,13 +131,13 @@ class CudaMeter:
             self._nvml.nvmlShutdown()
 
     def allocated(self) -> int:
-        return int(torch.cuda.memory_allocated(self.device))
+        return int(self.cuda.memory_allocated(self.device))
 
     def timeline_position(self) -> int | None:
         """How many allocator events the trace holds so far (None without a timeline)."""
         if not self.timeline:
             return None
-        return len(torch.cuda.memory._snapshot(self.device)["device_traces"][self._index()])
+        return len(self.cuda.memory._snapshot(self.device)["device_traces"][self._index()])
 
     def timeline_series(self) -> list[tuple[int, int | None]] | None:
         """(allocated, reserved) after each allocator event of the run, from its trace."""
@@ -140,21 +148,19 @@ class CudaMeter:
         return list(allocation_series(self.trace["device_traces"][self._index()]))
 
     def _index(self) -> int:
-        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+        return self.device.index if self.device.index is not None else int(self.cuda.current_device())
 
     def take_peak(self) -> Peak:
-        torch.cuda.synchronize(self.device)
-        peak = Peak(
-            int(torch.cuda.max_memory_allocated(self.device)), int(torch.cuda.max_memory_reserved(self.device))
-        )
-        torch.cuda.reset_peak_memory_stats(self.device)
+        self.cuda.synchronize(self.device)
+        peak = Peak(int(self.cuda.max_memory_allocated(self.device)), int(self.cuda.max_memory_reserved(self.device)))
+        self.cuda.reset_peak_memory_stats(self.device)
         return peak
 
     def device_peak(self) -> int | None:
         return self._device_peak if self._nvml is not None else None
 
     def environment(self) -> dict[str, Any]:
-        props = torch.cuda.get_device_properties(self.device)
+        props = self.cuda.get_device_properties(self.device)
         env: dict[str, Any] = {
             "device": "cuda",
             "gpu_name": props.name,
@@ -170,14 +176,16 @@ class CudaMeter:
         return env
 
     def _start_nvml(self) -> None:
-        try:
-            import pynvml
-        except ImportError:
-            self.nvml_error = "the pynvml module (package nvidia-ml-py) is not installed"
-            return
+        pynvml = self._nvml_module
+        if pynvml is None:
+            try:
+                pynvml = importlib.import_module("pynvml")
+            except ImportError:
+                self.nvml_error = "the pynvml module (package nvidia-ml-py) is not installed"
+                return
         try:
             pynvml.nvmlInit()
-            handle = _nvml_handle(pynvml, self.device)
+            handle = _nvml_handle(pynvml, self.cuda, self.device)
         except Exception as exc:  # NVML missing from the driver, no permission: measure without it
             self.nvml_error = f"NVML unavailable: {exc}"
             return
@@ -786,11 +794,11 @@ def strided_nbytes(tensor: torch.Tensor) -> int:
     return span * tensor.element_size()
 
 
-def _nvml_handle(pynvml: Any, device: torch.device) -> Any:
+def _nvml_handle(pynvml: Any, cuda: Any, device: torch.device) -> Any:
     """The NVML handle of the CUDA device torch calls ``device``: matched by UUID, since CUDA's and NVML's
     device numbers differ when CUDA_VISIBLE_DEVICES reorders or hides devices."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    index = device.index if device.index is not None else cuda.current_device()
+    uuid = getattr(cuda.get_device_properties(index), "uuid", None)
     if uuid is not None:
         try:
             return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")

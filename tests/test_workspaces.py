@@ -39,32 +39,61 @@ def close(measured: int, predicted: int) -> bool:
 
 
 def test_every_large_fp16_convolution_is_the_transform_or_a_named_exception() -> None:
-    matched, scratch, downsamplers = [], [], []
+    """Every fp16 convolution that held 64 MiB or more, in four groups chosen by its shape alone (not by the rule):
+    - stride 2 without padding (the VAE encoder's downsamplers): measured in isolated calls, they took the
+      transform; in the traced pipeline (below) the same convolutions transformed the filters alone, and the rule
+      follows the pipeline;
+    - 1 x 1 (the UNet's proj_in/proj_out and shortcuts, the VAE's shortcuts): a GEMM on the NCHW data, for which
+      the rule predicts none; where the pixel count of the map is not a multiple of 64 (the 66 x 100 and 150 x 225
+      latents, the VAE's 188 x 196 level) cuDNN's heuristics sometimes copied the input and the output instead
+      (their bytes, plus one 512-byte block). No stage peak of the measured runs falls in such a call, and the
+      rule does not model it (docs/simulate.md);
+    - every other: the transform, within 2% or 2 MiB, or more than that by cuDNN's split-reduction scratch (more
+      than 2 and at most 16 MiB); the transform must hold in at least five of six of these."""
+    matched, scratch = [], []
     for row in rows("convs.jsonl"):
         if row["extra"] < LARGE:
             continue
         predicted = conv_workspace(conv_of(row))
-        if close(row["extra"], predicted):
+        if row["s"] == 2 and row["p"] == 0:
+            assert row["component"] == "vae_encode" and predicted == row["out"][1] * row["in"][1] * 9 * 2, row
+        elif row["k"] == 1:
+            n, c_in, h, w = row["in"]
+            assert predicted == 0 and row["extra"] == 2 * n * h * w * (c_in + row["out"][1]) + 512, row
+            assert h * w % 64, row
+        elif close(row["extra"], predicted):
             matched.append(row)
-        elif row["s"] == 2 and row["p"] == 0:
-            # The VAE encoder's downsamplers, measured in isolated calls, took the transform; in the traced
-            # pipeline (below) the same convolutions transformed the filters alone, and the rule follows that.
-            assert row["component"] == "vae_encode" and predicted == row["out"][1] * row["in"][1] * 9 * 2
-            downsamplers.append(row)
         else:
-            # cuDNN's heuristics picked an engine that adds a split-reduction scratch to the transform
             assert 2 * MIB < row["extra"] - predicted <= SCRATCH, row
             scratch.append(row)
-    # 242 calls of 64 MiB or more: 191 within 2% or 2 MiB, the rest in the two named groups (the closing note
-    # and docs/simulate.md give the numbers)
-    assert (len(matched), len(scratch), len(downsamplers)) == (191, 42, 9)
+    assert len(matched) >= 5 * (len(matched) + len(scratch)) / 6, (len(matched), len(scratch))
 
 
-def test_small_convolutions_stay_in_the_measured_range() -> None:
-    small = [r for r in rows("convs.jsonl") if r["extra"] < LARGE]
-    largest = max(r["extra"] for r in small)
-    for row in small:
-        assert 0 <= conv_workspace(conv_of(row)) <= largest, row
+def test_smaller_3x3_convolutions_hold_the_transform() -> None:
+    """The 3 x 3 convolutions under 64 MiB whose transform is 4 MiB or more (below that the allocator's blocks
+    blur it), the isolated downsamplers aside (above): each held the transform within 2% or 2 MiB, or more than it
+    by at most the scratch."""
+    checked = 0
+    for row in rows("convs.jsonl"):
+        predicted = conv_workspace(conv_of(row))
+        if row["extra"] >= LARGE or row["k"] != 3 or predicted < 4 * MIB or (row["s"], row["p"]) == (2, 0):
+            continue
+        checked += 1
+        assert close(row["extra"], predicted) or 0 < row["extra"] - predicted <= SCRATCH, row
+    assert checked > 500  # of 1,458 rows: the UNet's deeper levels and the VAE at the smaller sizes
+
+
+def test_1x1_convolutions_on_maps_of_64_pixels_need_no_workspace() -> None:
+    """A 1 x 1 convolution is a GEMM on the NCHW data: the rule predicts none, and on every map whose pixel count
+    is a multiple of 64 the measured calls held at most one large-pool rounding (2 MiB)."""
+    checked = 0
+    for row in rows("convs.jsonl"):
+        _, _, h, w = row["in"]
+        if row["k"] == 1 and h * w % 64 == 0:
+            checked += 1
+            assert conv_workspace(conv_of(row)) == 0
+            assert row["extra"] <= K_ROUND_LARGE, row
+    assert checked > 300
 
 
 @pytest.mark.parametrize("table", ["convs-fp32.jsonl", "convs-bf16.jsonl"])

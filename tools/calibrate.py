@@ -14,7 +14,8 @@ What is fitted, and why it has this shape (``src/sdvram/calibrated.py`` evaluate
   tiling's regimes (tiled or not, a function of the size) are fitted apart.
 - Every fit is then checked on sizes it was not fitted on; the worst relative errors go into the file.
 
-usage: python tools/calibrate.py [--workers N] [--cache PATH]   (about 35 minutes on 2 cores)
+usage: python tools/calibrate.py [--workers N] [--cache PATH] [--recheck]   (about 35 minutes on 2 cores;
+       --recheck keeps the shipped coefficients and simulates the check sizes alone, about 12 minutes)
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from sdvram.calibrated import relative_error as error  # noqa: E402
 SEED = 20261126
 FIT_SIZES = 28  # random sizes per batch (and tiling regime) to fit on
 CHECK_SIZES = 8  # further random sizes per batch to check the fit on
+# More sizes to check on, from a third random stream (the fit's points stay as they were): the worst error of 8
+# checks understated the tail; tests/test_calibrated.py found 2 settings of 120 beyond it at sizes of its own.
+MORE_CHECK_SIZES = 16
 # More sizes to fit on where a stage's peak moves between many moments as the size grows (sequential offload:
 # the layer with the largest weights at small sizes, then each level's activations in turn), drawn from a
 # second random stream so that the points of the first stay as they were.
@@ -172,8 +176,7 @@ def choose_forms(rows: list[list[float]], targets: list[float]) -> list[list[flo
 def fit_group(points: list[dict[str, Any]], checks: list[dict[str, Any]], switch_set: str
               ) -> tuple[dict[str, Any], dict[str, float]]:
     """The fitted forms of one (dtype, arch group, switch set), per batch, regime and quantity; and the worst
-    relative errors on ``checks`` of the stages' peaks and the run's peak allocated ("allocated") and of the
-    run's peak reserved ("reserved")."""
+    relative errors on ``checks`` (``check_group``)."""
     fits: dict[str, Any] = {}
     for batch in BATCHES:
         by_regime: dict[str, list[dict[str, Any]]] = {}
@@ -185,6 +188,12 @@ def fit_group(points: list[dict[str, Any]], checks: list[dict[str, Any]], switch
                 name: choose_forms([features(switch_set, name, p["height"], p["width"]) for p in group],
                                    [_quantity(p, name) for p in group])
                 for name in QUANTITIES}
+    return fits, check_group(fits, checks, switch_set)
+
+
+def check_group(fits: dict[str, Any], checks: list[dict[str, Any]], switch_set: str) -> dict[str, float]:
+    """The worst relative errors of ``fits`` on ``checks``: of the stages' peaks and the run's peak allocated
+    ("allocated"), and of the run's peak reserved ("reserved")."""
     worst = {"allocated": 0.0, "reserved": 0.0}
     for p in checks:
         stages, allocated, reserved = predict(fits[str(p["batch"])], switch_set, p["height"], p["width"])
@@ -192,7 +201,7 @@ def fit_group(points: list[dict[str, Any]], checks: list[dict[str, Any]], switch
         errors.append(error(allocated, p["peak_allocated"]))
         worst["allocated"] = max(worst["allocated"], *map(abs, errors))
         worst["reserved"] = max(worst["reserved"], abs(error(reserved, p["peak_reserved"])))
-    return fits, worst
+    return worst
 
 
 def _quantity(point: dict[str, Any], name: str) -> float:
@@ -201,7 +210,7 @@ def _quantity(point: dict[str, Any], name: str) -> float:
 
 def design(groups: dict[str, list[list[int]]]) -> list[tuple[str, tuple[int, ...], tuple[Any, ...]]]:
     """Every point to simulate, as (role, arch group, job): "fit" or "check", and the job for simulate_point."""
-    rng, extra = random.Random(SEED), random.Random(SEED + 1)
+    rng, extra, more_checks = random.Random(SEED), random.Random(SEED + 1), random.Random(SEED + 2)
     points = []
     for dtype, arch in ((d, tuple(g)) for d, gs in groups.items() for g in gs):
         for switch_set in SWITCH_SETS:
@@ -211,6 +220,7 @@ def design(groups: dict[str, list[list[int]]]) -> list[tuple[str, tuple[int, ...
                     fit_sizes += [(8 * rng.randrange(8, 65), 8 * rng.randrange(8, 65)) for _ in range(12)]
                 check_sizes = sizes(rng, CHECK_SIZES)
                 fit_sizes += sizes(extra, MORE_FIT_SIZES.get(switch_set, 0))
+                check_sizes += sizes(more_checks, MORE_CHECK_SIZES)
                 for role, chosen in (("fit", fit_sizes), ("check", check_sizes)):
                     points += [(role, arch, (arch[0], dtype, switch_set, batch, h, w)) for h, w in chosen]
     return points
@@ -223,10 +233,21 @@ def fit_one(task: tuple[str, tuple[int, ...], str, list[dict[str, Any]], list[di
     return {"dtype": dtype, "sms": list(arch), "switches": switch_set, "fits": fits}, error
 
 
+def recheck_one(shipped: dict[str, Any], task: tuple[str, tuple[int, ...], str, list[dict[str, Any]],
+                                                     list[dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """The shipped entry of ``task``'s setting, and its worst errors on the task's check points."""
+    dtype, arch, switch_set, _, check_points = task
+    entry = next(e for e in shipped["entries"]
+                 if e["dtype"] == dtype and tuple(e["sms"]) == arch and e["switches"] == switch_set)
+    return entry, check_group(entry["fits"], check_points, switch_set)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path, help="keep the simulated points here and reuse them")
+    parser.add_argument("--recheck", action="store_true",
+                        help="keep the shipped coefficients; simulate the check sizes only and rewrite the errors")
     args = parser.parse_args()
     import diffusers
     import torch
@@ -237,6 +258,9 @@ def main() -> None:
     started = time.time()
     groups = arch_groups(sorted({gpu.sm for gpu in GPUS.values()}))
     points = design(groups)
+    shipped = json.loads(CALIBRATION_FILE.read_text()) if args.recheck else None
+    if shipped is not None:
+        points = [p for p in points if p[0] == "check"]
     cached = {}
     if args.cache and args.cache.exists():
         cached = {tuple(p["job"]): p for p in map(json.loads, args.cache.read_text().splitlines())}
@@ -259,12 +283,25 @@ def main() -> None:
                             if a == arch and job[1] == dtype and job[2] == switch_set]
                     tasks.append((dtype, arch, switch_set, [p for r, p in mine if r == "fit"],
                                   [p for r, p in mine if r == "check"]))
-        fitted = pool.map(fit_one, tasks)
-    worst = {}  # label -> {"allocated": error, "reserved": error}
+        if shipped is None:
+            fitted = pool.map(fit_one, tasks)
+        else:
+            fitted = [recheck_one(shipped, task) for task in tasks]
+    worst = {}  # label -> {"allocated": error, "reserved": error, "reserved_group": error}
+    pooled: dict[tuple[str, str], float] = {}  # (dtype, switches) -> the worst reserved error of every group
+    for entry, errors in fitted:
+        key = (entry["dtype"], entry["switches"])
+        pooled[key] = max(pooled.get(key, 0.0), errors["reserved"])
+    # The peak reserved follows the allocator's caching, which is the same code on every card: how far a linear form
+    # can follow it depends on the dtype and the switch, not on the group of compute capabilities. The worst of one
+    # group's 96 checks understated the tail (tests/test_calibrated.py found sizes beyond it); the claim is the
+    # worst over every group of the same dtype and switch.
     for entry, errors in fitted:
         label = f"{entry['dtype']} sm{'/'.join(map(str, entry['sms']))} {entry['switches']}"
-        worst[label] = errors
-        print(f"{label}: worst check error, allocated {errors['allocated']:.2%}, reserved {errors['reserved']:.2%}")
+        worst[label] = {"allocated": errors["allocated"], "reserved": pooled[(entry["dtype"], entry["switches"])],
+                        "reserved_group": errors["reserved"]}
+        print(f"{label}: worst check error, allocated {errors['allocated']:.2%}, reserved "
+              f"{worst[label]['reserved']:.2%} (this group alone {errors['reserved']:.2%})")
     document = {
         "made_by": "tools/calibrate.py",
         "simulated_with": {"torch": torch.__version__, "diffusers": diffusers.__version__,

@@ -17,6 +17,7 @@ from PIL import Image
 
 from sdvram.choices import Offload
 from sdvram.pipeline import apply_switches, build_pipeline, run_pipeline
+from sdvram.pipelines import FAMILIES
 from sdvram.requests import Settings
 
 PROMPT = "a photo of a truck parked on a street"
@@ -33,7 +34,8 @@ def run(variant: str, h: int, w: int, batch: int = 1, dtype: str = "float16", st
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     before_build = torch.cuda.memory_allocated()
-    pipe = build_pipeline(device="cuda", dtype=dtype, weights="random")
+    family = FAMILIES["sd15-img2img"]
+    pipe = build_pipeline(family, device="cuda", dtype=dtype, weights="random")
     image = Image.new("RGB", (w, h), (120, 90, 60))
     start = time.perf_counter()
     try:
@@ -42,7 +44,7 @@ def run(variant: str, h: int, w: int, batch: int = 1, dtype: str = "float16", st
         torch.cuda.synchronize()
         loaded = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        run_pipeline(pipe, image, PROMPT, settings)
+        run_pipeline(pipe, family, image, PROMPT, settings, height=h, width=w)
         torch.cuda.synchronize()
         result = {"peak_allocated": torch.cuda.max_memory_allocated(),
                   "peak_reserved": torch.cuda.max_memory_reserved()}

@@ -1,4 +1,4 @@
-"""sdvram: how much GPU memory Stable Diffusion v1.5 img2img needs, and why.
+"""sdvram: how much GPU memory Stable Diffusion needs (SD 1.5, 2.1 and SDXL pipelines), and why.
 
 The public API is small and light (no torch import): ``estimate`` evaluates the seed formula.
 """

@@ -30,21 +30,28 @@ CLIP_MAX_TOKENS = 77  # CLIP's max_position_embeddings; the pipeline pads and tr
 # The smallest image side each architecture runs: the tiny VAE's 32-channel GroupNorm (32 groups) has one value
 # per group on a 1 x 1 latent and torch refuses it ("Expected more than 1 value per channel"); SD v1.5's
 # groups hold 4 to 40 channels, so one latent pixel (8 px) runs.
-MIN_SIDE = {"sd15": VAE_SCALE_FACTOR, "tiny": 2 * VAE_SCALE_FACTOR}
+MIN_SIDE = {"full": VAE_SCALE_FACTOR, "tiny": 2 * VAE_SCALE_FACTOR}
 
 MODELS = ("unet", "vae", "text_encoder", "safety_checker")  # the components with weights
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # the SD v1.5 weights on the Hugging Face hub
 
 
-def component_config(name: str, architecture: str = "sd15") -> dict[str, Any]:
-    """The config of one component (unet, vae, text_encoder, safety_checker, scheduler, feature_extractor)
-    as shipped in ``sdvram/data/<architecture>``: "sd15", the published SD v1.5 configs, or "tiny", a
-    miniature with the same classes and the 8x latent for running the real pipeline on a CPU in seconds
-    (``data/tiny/README.md``), which shares SD v1.5's scheduler and feature extractor."""
+def data_config(path: str) -> dict[str, Any]:
+    """A config shipped in ``sdvram/data``, by its path there without the extension: "sdxl/unet". Each folder's
+    README.md says which public model repository it copies."""
     import json  # here, not at the top: the estimate path never reads a config
     from importlib import resources
 
-    folder = architecture if name in MODELS else "sd15"
+    folder, name = path.split("/")
     text = (resources.files("sdvram") / "data" / folder / f"{name}.json").read_text(encoding="utf-8")
     config: dict[str, Any] = json.loads(text)
     return config
+
+
+def component_config(name: str, architecture: str = "full") -> dict[str, Any]:
+    """The config of one SD v1.5 component (unet, vae, text_encoder, safety_checker, scheduler,
+    feature_extractor): "full", the published SD v1.5 configs (``data/sd15``; "sd15" is read the same), or "tiny",
+    a miniature with the same classes and the 8x latent for running the real pipeline on a CPU in seconds
+    (``data/tiny/README.md``), which shares SD v1.5's scheduler and feature extractor. The other families' configs
+    are read through their ``sdvram.pipelines`` records (``data_config``)."""
+    folder = "tiny" if architecture == "tiny" and name in MODELS else "sd15"
+    return data_config(f"{folder}/{name}")

@@ -30,10 +30,15 @@ class Weights(str, Enum):
 
 
 class Architecture(str, Enum):
-    """Which component configs to build."""
+    """Which component configs of a pipeline family to build."""
 
-    sd15 = "sd15"  # the published SD v1.5 configs
-    tiny = "tiny"  # a miniature with SD v1.5's classes and 8x latent, for running on a CPU in seconds
+    full = "full"  # the published configs of the family's model
+    tiny = "tiny"  # a miniature with the same classes and 8x latent, for running on a CPU in seconds
+
+    @classmethod
+    def _missing_(cls, value: object) -> Architecture | None:
+        # records made before the pipeline families called the published SD v1.5 configs "sd15"
+        return cls.full if value == "sd15" else None
 
 
 class Kernel(str, Enum):

@@ -29,6 +29,7 @@ FLAGS = {
     "save_image": "--save-image", "units": "--units", "vae_tiling": "--vae-tiling", "vae_slicing": "--vae-slicing",
     "attention_slicing": "--attention-slicing", "offload": "--offload", "aspect": "--aspect", "sizes": "--sizes",
     "csv": "--csv", "png": "--png", "timeline": "--timeline", "out": "--out", "file": "FILE",
+    "pipeline": "--pipeline", "mask": "--mask", "vae": "--vae", "safety_checker": "--safety-checker",
 }
 ATTENTION_SLICING = "--attention-slicing"
 SLICE_SIZES = ("auto", "max")
@@ -86,7 +87,7 @@ def optional_values(argv: list[str]) -> list[str]:
 
 app = typer.Typer(
     cls=SdvramGroup,
-    help="How much GPU memory Stable Diffusion v1.5 img2img needs, and why.",
+    help="How much GPU memory Stable Diffusion needs (SD 1.5, 2.1 and SDXL pipelines), and why.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -124,7 +125,7 @@ def root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """How much GPU memory Stable Diffusion v1.5 img2img needs, and why."""
+    """How much GPU memory Stable Diffusion needs (SD 1.5, 2.1 and SDXL pipelines), and why."""
 
 
 # -- the options the commands share ------------------------------------------------------------------------
@@ -149,7 +150,15 @@ DTypeOpt = Annotated[DType | None, typer.Option(
     "--dtype", case_sensitive=False, help="Weights and activations (default float16 on a GPU, float32 on the CPU).")]
 ArchitectureOpt = Annotated[Architecture, typer.Option(
     "--architecture", case_sensitive=False,
-    help="sd15, or tiny: a miniature with SD's classes for testing on a CPU (random weights only).")]
+    help="full: the pipeline's published configs; tiny: a miniature with its classes for testing on a CPU "
+         "(random weights only).")]
+PipelineOpt = Annotated[str, typer.Option(
+    "--pipeline", metavar="NAME",
+    help="sd15-img2img, sd15-txt2img, sd15-inpaint, sd21-txt2img, sdxl-txt2img or sdxl-img2img.")]
+MaskOpt = Annotated[Path | None, typer.Option(
+    "--mask", metavar="PATH", help="sd15-inpaint's mask image [default: the whole image masked].")]
+VaeOpt = Annotated[str | None, typer.Option(
+    "--vae", metavar="NAME", help="Another VAE of the pipeline: fp16-fix (SDXL's without the float32 upcast).")]
 VaeTilingOpt = Annotated[bool, typer.Option(
     "--vae-tiling", help="pipe.vae.enable_tiling(): the VAE encodes and decodes 512-pixel tiles, one at a time.")]
 VaeSlicingOpt = Annotated[bool, typer.Option(
@@ -168,11 +177,15 @@ ArchOpt = Annotated[str | None, typer.Option(
 TimelineOpt = Annotated[Path | None, typer.Option(
     "--timeline", metavar="PATH",
     help="Plot memory over the run with its stages (.png or .svg; needs the plot extra); the JSON keeps it.")]
-StepsOpt = Annotated[str, typer.Option("--steps", metavar="N",
-                                       help="num_inference_steps (the loop runs steps x strength of them).")]
-StrengthOpt = Annotated[str, typer.Option("--strength", metavar="X", help="img2img strength, above 0 to 1.")]
-GuidanceOpt = Annotated[str, typer.Option("--guidance", metavar="X",
-                                          help="guidance_scale; above 1 doubles the UNet's batch.")]
+StepsOpt = Annotated[str | None, typer.Option(
+    "--steps", metavar="N", help="num_inference_steps (from an image the loop runs steps x strength of them) "
+    "[default: the pipeline's, 50].")]
+StrengthOpt = Annotated[str | None, typer.Option(
+    "--strength", metavar="X", help="From an image: strength, above 0 to 1 [default: the pipeline's: 0.8 for "
+    "sd15-img2img, 1 for inpainting, 0.3 for sdxl-img2img].")]
+GuidanceOpt = Annotated[str | None, typer.Option(
+    "--guidance", metavar="X", help="guidance_scale; above 1 doubles the UNet's batch [default: the pipeline's: 5 "
+    "for sd15-img2img and SDXL, else 7.5].")]
 
 
 def _image(image: Path | None, image_opt: Path | None) -> Path | None:
@@ -189,9 +202,10 @@ def _size(value: str | None, param: str, low: int | None = None) -> int | None:
     return None if value is None else parse_side(value, param, MIN_SIDE if low is None else low)
 
 
-def _settings(steps: str, strength: str, guidance: str, batch: str, seed: str, safety_checker: bool,
-              vae_tiling: bool = False, vae_slicing: bool = False, attention_slicing: str | None = None,
-              offload: Offload = Offload.none) -> Any:
+def _settings(pipeline: str, steps: str | None, strength: str | None, guidance: str | None, batch: str, seed: str,
+              safety_checker: bool, vae_tiling: bool = False, vae_slicing: bool = False,
+              attention_slicing: str | None = None, offload: Offload = Offload.none) -> Any:
+    """The pipeline's settings: what was given, parsed, and the family's defaults for the rest."""
     from sdvram.inputs import (
         parse_attention_slicing,
         parse_batch,
@@ -200,22 +214,28 @@ def _settings(steps: str, strength: str, guidance: str, batch: str, seed: str, s
         parse_steps,
         parse_strength,
     )
-    from sdvram.requests import Settings
+    from sdvram.pipelines import find_family
+    from sdvram.requests import settings_for
 
-    return Settings(steps=parse_steps(steps), strength=parse_strength(strength), guidance=parse_guidance(guidance),
-                    batch=parse_batch(batch), seed=parse_seed(seed), safety_checker=safety_checker,
-                    vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-                    attention_slicing=parse_attention_slicing(attention_slicing), offload=offload)
+    return settings_for(find_family(pipeline), steps=None if steps is None else parse_steps(steps),
+                        strength=None if strength is None else parse_strength(strength),
+                        guidance=None if guidance is None else parse_guidance(guidance),
+                        batch=parse_batch(batch), seed=parse_seed(seed), safety_checker=safety_checker,
+                        vae_tiling=vae_tiling, vae_slicing=vae_slicing,
+                        attention_slicing=parse_attention_slicing(attention_slicing), offload=offload)
 
 
 def _run_request(image: Path | None, height: str | None, width: str | None, prompt: str | None,
-                 dtype: DType | None, architecture: Architecture, settings: Any) -> Any:
+                 dtype: DType | None, architecture: Architecture, settings: Any, pipeline: str,
+                 mask: Path | None = None, vae: str | None = None) -> Any:
     from sdvram.architecture import MIN_SIDE
+    from sdvram.pipelines import find_family
     from sdvram.requests import RunRequest
 
     low = MIN_SIDE[architecture.value]
     return RunRequest(image=image, height=_size(height, "height", low), width=_size(width, "width", low),
-                      prompt=prompt, dtype=dtype, architecture=architecture, settings=settings)
+                      prompt=prompt, dtype=dtype, architecture=architecture, settings=settings,
+                      pipeline=find_family(pipeline).name, mask=mask, vae=vae)
 
 
 @app.command()
@@ -240,6 +260,7 @@ def estimate(
     vae_slicing: VaeSlicingOpt = False,
     attention_slicing: AttentionSlicingOpt = None,
     offload: OffloadOpt = Offload.none,
+    pipeline: PipelineOpt = "sd15-img2img",
     units: UnitsOpt = Units.gib,
     json_path: JsonOpt = None,
 ) -> None:
@@ -256,7 +277,7 @@ def estimate(
                                   None if tokens is None else parse_tokens(tokens), image=_image(image, image_opt),
                                   prompt=prompt, batch=parse_batch(batch), safety_checker=safety_checker,
                                   gpu=target, dtype=dtype.value, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
-                                  attention_slicing=attention_slicing, offload=offload.value)
+                                  attention_slicing=attention_slicing, offload=offload.value, pipeline=pipeline)
         document = to_json(result.to_json()) + "\n"
         if json_path == STDOUT:
             sys.stdout.write(document)
@@ -286,10 +307,13 @@ def profile(
         "--model", metavar="ID_OR_PATH",
         help="Hub id or local folder for pretrained weights [default: stable-diffusion-v1-5/stable-diffusion-v1-5]."
     )] = None,
-    architecture: ArchitectureOpt = Architecture.sd15,
-    steps: StepsOpt = "50",
-    strength: StrengthOpt = "0.8",
-    guidance: GuidanceOpt = "5.0",
+    architecture: ArchitectureOpt = Architecture.full,
+    pipeline: PipelineOpt = "sd15-img2img",
+    mask: MaskOpt = None,
+    vae: VaeOpt = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    guidance: GuidanceOpt = None,
     batch: BatchOpt = "1",
     seed: Annotated[str, typer.Option("--seed", metavar="N", help="Seed of the random generator.")] = "0",
     safety_checker: SafetyOpt = False,
@@ -304,15 +328,16 @@ def profile(
     units: UnitsOpt = Units.gib,
     verbose: Annotated[bool, typer.Option("--verbose", help="Also list what the simulation does not model.")] = False,
 ) -> None:
-    """Run the real SD v1.5 img2img pipeline and record the peak memory of every stage beside the seed
-    formula (on a GPU, beside the simulation of the same settings too)."""
+    """Run the real pipeline (SD v1.5 img2img unless --pipeline) and record the peak memory of every stage beside
+    the seed formula (on a GPU, beside the simulation of the same settings too)."""
     with failures():
         _require_profile_extra()
         from sdvram.requests import ProfileOptions, check_profile_options, check_switches_on_device
 
-        settings = _settings(steps, strength, guidance, batch, seed, safety_checker, vae_tiling, vae_slicing,
-                             attention_slicing, offload)
-        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings)
+        settings = _settings(pipeline, steps, strength, guidance, batch, seed, safety_checker, vae_tiling,
+                             vae_slicing, attention_slicing, offload)
+        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings,
+                               pipeline, mask, vae)
         options = ProfileOptions(device=device, weights=weights, model=model, save_image=save_image,
                                  timeline=timeline is not None)
         check_profile_options(options, architecture)
@@ -324,8 +349,8 @@ def profile(
         from sdvram.engine import resolve
 
         resolve(request)  # every value checked before anything is built or reserved
-        if architecture is Architecture.sd15 and device == "cpu":
-            say("note: SD v1.5 on a CPU takes a long time (each of the 41 UNet calls runs for seconds); "
+        if architecture is Architecture.full and device == "cpu":
+            say(f"note: {request.family.title} on a CPU takes a long time (each UNet call runs for seconds); "
                 "--architecture tiny --weights random checks the same pipeline in seconds.")
         _run_and_deliver("profile", request, options, json_path, save_image, units, verbose, timeline)
 
@@ -343,10 +368,13 @@ def simulate(
     vram: VramOpt = None,
     arch: ArchOpt = None,
     dtype: DTypeOpt = None,
-    architecture: ArchitectureOpt = Architecture.sd15,
-    steps: StepsOpt = "50",
-    strength: StrengthOpt = "0.8",
-    guidance: GuidanceOpt = "5.0",
+    architecture: ArchitectureOpt = Architecture.full,
+    pipeline: PipelineOpt = "sd15-img2img",
+    mask: MaskOpt = None,
+    vae: VaeOpt = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    guidance: GuidanceOpt = None,
     batch: BatchOpt = "1",
     safety_checker: SafetyOpt = False,
     vae_tiling: VaeTilingOpt = False,
@@ -369,9 +397,10 @@ def simulate(
     with failures():
         _require_profile_extra()
         target = _target(gpu, vram, arch)
-        settings = _settings(steps, strength, guidance, batch, "0", safety_checker, vae_tiling, vae_slicing,
-                             attention_slicing, offload)
-        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings)
+        settings = _settings(pipeline, steps, strength, guidance, batch, "0", safety_checker, vae_tiling,
+                             vae_slicing, attention_slicing, offload)
+        request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings,
+                               pipeline, mask, vae)
         from sdvram.engine import resolve
         from sdvram.requests import check_switches_on_device
 
@@ -396,9 +425,11 @@ def fit(
     vram: VramOpt = None,
     arch: ArchOpt = None,
     dtype: DTypeOpt = None,
-    steps: StepsOpt = "50",
-    strength: StrengthOpt = "0.8",
-    guidance: GuidanceOpt = "5.0",
+    pipeline: PipelineOpt = "sd15-img2img",
+    vae: VaeOpt = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    guidance: GuidanceOpt = None,
     batch: BatchOpt = "1",
     safety_checker: SafetyOpt = False,
     json_path: JsonOpt = None,
@@ -414,11 +445,10 @@ def fit(
 
             raise InputError("fit needs a GPU to fit: give a --gpu from the table, or --vram.")
         shape = _aspect(image, aspect)
-        settings = _settings(steps, strength, guidance, batch, "0", safety_checker)
+        settings = _settings(pipeline, steps, strength, guidance, batch, "0", safety_checker)
         from sdvram.engine import resolve
-        from sdvram.requests import RunRequest
 
-        request = RunRequest(height=512, width=512, dtype=dtype, settings=settings)
+        request = _run_request(None, "512", "512", None, dtype, Architecture.full, settings, pipeline, vae=vae)
         resolve(request)  # the settings checked before the search
         _load_libraries()
         from sdvram.fit import fit as run_fit
@@ -445,9 +475,11 @@ def sweep(
     vram: VramOpt = None,
     arch: ArchOpt = None,
     dtype: DTypeOpt = None,
-    steps: StepsOpt = "50",
-    strength: StrengthOpt = "0.8",
-    guidance: GuidanceOpt = "5.0",
+    pipeline: PipelineOpt = "sd15-img2img",
+    vae: VaeOpt = None,
+    steps: StepsOpt = None,
+    strength: StrengthOpt = None,
+    guidance: GuidanceOpt = None,
     batch: BatchOpt = "1",
     safety_checker: SafetyOpt = False,
     vae_tiling: VaeTilingOpt = False,
@@ -473,14 +505,14 @@ def sweep(
         cards = [_target(None, vram, arch)] if vram is not None or arch is not None else []
 
         cards += [find_gpu(name) for name in (gpu or ([] if cards else [DEFAULT_GPU]))]
-        settings = _settings(steps, strength, guidance, batch, "0", safety_checker, vae_tiling, vae_slicing,
-                             attention_slicing, offload)
+        settings = _settings(pipeline, steps, strength, guidance, batch, "0", safety_checker, vae_tiling,
+                             vae_slicing, attention_slicing, offload)
         from sdvram.engine import resolve
-        from sdvram.requests import RunRequest, check_switches_on_device
+        from sdvram.requests import check_switches_on_device
 
         for card in cards:
             check_switches_on_device(settings, "cuda" if card.is_cuda else "cpu")
-        request = RunRequest(height=512, width=512, dtype=dtype, settings=settings)
+        request = _run_request(None, "512", "512", None, dtype, Architecture.full, settings, pipeline, vae=vae)
         resolve(request)
         plot_fmt = _plot_format(png_path, "png")
         _load_libraries()

@@ -1,11 +1,11 @@
 """The run engine that ``profile`` and ``simulate`` share: the stages of a pipeline call cut on a meter,
 the instrumentation of the pipeline's own steps, and the record built from what the meter saw.
 
-The stages are cut by wrapping the pipeline's steps: ``encode_prompt`` (text encoder), ``prepare_latents``
-(VAE encoder, with the noise added to its latent), the UNet's forward calls (the denoising loop, from the
-first call until the decoder starts), ``vae.decode`` (VAE decoder) and ``run_safety_checker``. At every
-boundary the meter's peak window is closed and a new one opened, so each stage's peak is its own and the
-overall peak covers the gaps between stages too.
+The stages are cut by wrapping the pipeline's steps where its family says they begin and end
+(``Family.hooks``: for SD v1.5 img2img ``encode_prompt``, the text encoder; ``prepare_latents``, the VAE encoder with
+the noise added to its latent; ``vae.decode``; ``run_safety_checker``), and the UNet's forward calls (the denoising
+loop, from the first call until the next stage begins). At every boundary the meter's peak window is closed and a
+new one opened, so each stage's peak is its own and the overall peak covers the gaps between stages too.
 
 Imports torch (through the meters' types only at call time): reached by profile and simulate alone.
 """
@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sdvram.estimate import Estimate, estimate
+from sdvram.pipelines import Family, StageHook
 from sdvram.record import Record, RunInputs, RunSettings, StageRecord
 from sdvram.requests import SWITCH_STAGES, RunRequest, Settings, check_request
 from sdvram.stages import BY_NAME, label
@@ -107,31 +108,44 @@ class StageRecorder:
 
 def resolve(request: RunRequest, safety_checker: bool | None = None) -> Estimate:
     """Check the request and evaluate the seed formula for it, which also resolves the image's size (from
-    its header) and the prompt (given, the image's manifest prompt, or the default prompt)."""
+    its header; without an image or a size, the family's default size) and the prompt (given, the image's manifest
+    prompt, or the default prompt). For a family the seed formula does not specify, its figures are kept only for
+    these resolved inputs (``Record.seed_formula_applies``)."""
     check_request(request)
     settings = request.settings
+    height, width = request.height, request.width
+    if request.image is None and height is None:
+        height = width = request.family.defaults.size
+    if request.mask is not None:
+        from sdvram.images import image_info
+
+        image_info(request.mask, request.min_side)  # a mask that is not an image is refused before a run
     return estimate(
-        request.height, request.width, image=request.image, prompt=request.prompt, batch=settings.batch,
+        height, width, image=request.image, prompt=request.prompt, batch=settings.batch,
         safety_checker=settings.safety_checker if safety_checker is None else safety_checker,
         min_side=request.min_side,
     )
 
 
-def expected_unet_calls(scheduler: Any, settings: Settings) -> int:
-    """How many times the img2img loop calls the UNet: the scheduler's timesteps after the strength cut,
-    as ``StableDiffusionImg2ImgPipeline.get_timesteps`` takes them (41 for PNDM, 50 steps, strength 0.8)."""
+def expected_unet_calls(scheduler: Any, settings: Settings, family: Family) -> int:
+    """How many times the loop calls the UNet: the scheduler's timesteps, after the strength cut where the family
+    starts from an image, as ``get_timesteps`` takes them (41 for PNDM, 50 steps, strength 0.8)."""
+    from sdvram.pipeline import quiet_library_warnings
+
     schedule = type(scheduler).from_config(scheduler.config)  # a fresh one: the pipeline's keeps its state
-    schedule.set_timesteps(settings.steps)
-    t_start = max(settings.steps - settings.denoising_steps, 0)
+    with quiet_library_warnings():
+        schedule.set_timesteps(settings.steps)
+    t_start = max(settings.steps - settings.denoising_steps, 0) if family.takes_image else 0
     return len(schedule.timesteps[t_start * schedule.order :])
 
 
-def run_instrumented(pipe: Any, image: Any, prompt: str, settings: Settings, recorder: StageRecorder,
-                     progress: Progress | None = None, output_type: str = "pil") -> Any:
+def run_instrumented(pipe: Any, family: Family, image: Any, prompt: str, settings: Settings,
+                     recorder: StageRecorder, progress: Progress | None = None, output_type: str = "pil", *,
+                     height: int, width: int, mask: Any = None) -> Any:
     """One pipeline call with its steps wrapped so that ``recorder`` sees every stage boundary."""
     from sdvram.pipeline import run_pipeline
 
-    expected = expected_unet_calls(pipe.scheduler, settings)
+    expected = expected_unet_calls(pipe.scheduler, settings, family)
     recorder.unet_call_peaks = []
 
     def unet_forward(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -146,22 +160,28 @@ def run_instrumented(pipe: Any, image: Any, prompt: str, settings: Settings, rec
             return out
         return forward
 
-    def staged(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def staged(hook: StageHook) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
             def call(*args: Any, **kwargs: Any) -> Any:
-                recorder.begin(name)
+                if recorder.current is None or recorder.current.name != hook.stage:
+                    recorder.begin(hook.stage)
                 out = original(*args, **kwargs)
-                recorder.end()
+                if hook.ends:
+                    recorder.end()
                 return out
             return call
         return wrap
 
-    wrappers = [(pipe, "encode_prompt", staged("text_encoder")), (pipe, "prepare_latents", staged("vae_encode")),
-                (pipe.unet, "forward", unet_forward), (pipe.vae, "decode", staged("vae_decode"))]
-    if pipe.safety_checker is not None:
-        wrappers.append((pipe, "run_safety_checker", staged("safety_checker")))
+    wrappers: list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = [
+        (pipe.unet, "forward", unet_forward)]
+    for hook in family.hooks:
+        target = pipe if hook.target == "pipe" else getattr(pipe, hook.target, None)
+        if target is not None and hasattr(target, hook.method) and \
+                (hook.stage != "safety_checker" or getattr(pipe, "safety_checker", None) is not None):
+            wrappers.append((target, hook.method, staged(hook)))
     with patched(wrappers):
-        output = run_pipeline(pipe, image, prompt, settings, output_type=output_type)
+        output = run_pipeline(pipe, family, image, prompt, settings, height=height, width=width, mask=mask,
+                              output_type=output_type)
     recorder.end()
     recorder.checkpoint()
     return output
@@ -177,6 +197,7 @@ def new_record(kind: str, request: RunRequest, formula: Estimate, *, device: str
             image=formula.image, width=seed.width, height=seed.height,
             pipeline_width=seed.width - seed.width % 8, pipeline_height=seed.height - seed.height % 8,
             prompt=formula.prompt or "", prompt_tokens=seed.tokens, prompt_source=formula.tokens_source,
+            mask=str(request.mask) if request.mask is not None else None,
         ),
         settings=RunSettings(
             steps=settings.steps, strength=settings.strength, guidance=settings.guidance, batch=settings.batch,
@@ -184,6 +205,7 @@ def new_record(kind: str, request: RunRequest, formula: Estimate, *, device: str
             architecture=request.architecture.value, device=device, weights=weights, model=model,
             attention=attention, vae_tiling=settings.vae_tiling, vae_slicing=settings.vae_slicing,
             attention_slicing=settings.attention_slicing, offload=settings.offload.value,
+            pipeline=request.pipeline, vae=request.vae,
         ),
         environment={"python": platform.python_version(), **versions()},
         formula=formula.to_json(),
@@ -193,10 +215,10 @@ def new_record(kind: str, request: RunRequest, formula: Estimate, *, device: str
 def finish_record(record: Record, recorder: StageRecorder, formula: Estimate, settings: Settings) -> None:
     """Stages, overall peaks, the formula's figure and the switches beside each stage, and the known reasons
     the run and the formula differ."""
-    terms = formula.seed.stage_bytes()
+    terms = formula.seed.stage_bytes() if record.seed_formula_applies else {}
     for stage in recorder.stages:
         term = BY_NAME[stage.name].formula if stage.name in BY_NAME else None
-        stage.formula = terms[term] if term else None
+        stage.formula = terms.get(term) if term else None
         stage.switches = [name for name in settings.switches
                           if SWITCH_STAGES[name] is None or stage.name in (SWITCH_STAGES[name] or ())]
     record.stages = recorder.stages
@@ -238,6 +260,15 @@ def build_timeline(series: list[tuple[int, int | None]], marks: list[tuple[str, 
 def known_differences(record: Record) -> list[str]:
     """Why the formula and the run differ, where the reason is known from the pipeline's code."""
     settings, inputs = record.settings, record.inputs
+    if not record.seed_formula_applies:
+        from sdvram.pipelines import find_family
+
+        notes = [f"The seed formula specifies SD v1.5 img2img; it does not apply to "
+                 f"{find_family(settings.pipeline).title} ({settings.pipeline})."]
+        if record.status == "out_of_memory":
+            notes.append(f"The run ran out of memory in the {label(record.failed_stage)} stage; later stages are "
+                         "missing.")
+        return notes
     notes = [
         f"The pipeline pads every prompt to 77 tokens, so the formula's {inputs.prompt_tokens} tokens change "
         "nothing in the real run's shapes."
@@ -258,7 +289,7 @@ def known_differences(record: Record) -> list[str]:
     )
     if settings.dtype == "float32":
         notes.append("This run used float32 (4 bytes a value); the formula counts 2 bytes.")
-    if settings.architecture != "sd15":
+    if settings.architecture not in ("full", "sd15"):
         notes.append(
             f"The '{settings.architecture}' architecture is not SD v1.5: its figures test the instrumentation "
             "and are not comparable with the formula."

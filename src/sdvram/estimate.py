@@ -16,12 +16,15 @@ from sdvram.errors import InputError
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR, SeedEstimate, seed_estimate
 from sdvram.gpus import GpuSpec
 from sdvram.inputs import MIN_SIDE, parse_attention_slicing, parse_batch, parse_side, parse_tokens
+from sdvram.pipelines import DEFAULT, Family, find_family
 from sdvram.requests import switches_on
 
 # The prompt every command uses when given none (neither a prompt nor an image with a manifest entry);
 # the output names it, and its tokens are counted as any prompt's are.
 DEFAULT_PROMPT = "a detailed photograph of a landscape"
-SCHEMA_VERSION = 3  # of the estimate's JSON document; bump when a field changes meaning (3: "calibrated")
+# of the estimate's JSON document; bump when a field changes meaning (3: "calibrated"; 4: "pipeline" and
+# "seed_formula_applies": the seed formula's figures are only the specification of SD v1.5 img2img)
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class Estimate:
     dtype: str
     switches: tuple[str, ...]  # the switches that are on (requests.SWITCH_ORDER); the seed formula has none
     calibrated: Calibrated | str | None  # the calibrated peaks, or why there are none for these settings
+    family: Family = find_family(DEFAULT)  # the pipeline asked about; the seed formula is SD v1.5 img2img's
+
+    @property
+    def seed_formula_applies(self) -> bool:
+        return self.family.seed_formula
 
     @property
     def nvidia_smi(self) -> int | None:
@@ -62,6 +70,8 @@ class Estimate:
         return {
             "method": "seed",
             "schema_version": SCHEMA_VERSION,
+            "pipeline": self.family.name,
+            "seed_formula_applies": self.seed_formula_applies,
             "inputs": {
                 "width": seed.width,
                 "height": seed.height,
@@ -109,12 +119,16 @@ def estimate(
     vae_slicing: bool = False,
     attention_slicing: str | int | None = None,
     offload: str = "none",
+    pipeline: str = DEFAULT,
 ) -> Estimate:
     """The seed formula for an image size (``height`` and ``width``, or ``image``) and a prompt length
     (``tokens``, or the tokens of ``prompt``, else of the image's manifest prompt, else of
     ``DEFAULT_PROMPT``). ``safety_checker`` counts its weights in the base (the seed's formula does not).
     Beside it, when a ``gpu`` is given, the calibrated peaks on it in ``dtype`` with the switches given (which
-    the seed formula does not know). Raises ``InputError`` naming the parameter on anything not allowed."""
+    the seed formula does not know). For another ``pipeline`` than SD v1.5 img2img the seed formula is evaluated
+    for the same inputs but does not apply (the result says so), and nothing is calibrated. Raises ``InputError``
+    naming the parameter on anything not allowed."""
+    family = find_family(pipeline)
     if image is not None and (height is not None or width is not None):
         raise InputError("Give either {image} or both {height} and {width}, not both.",
                          params=("image", "height", "width"))
@@ -167,10 +181,16 @@ def estimate(
     if switches:
         notes.append("The seed formula knows no memory-saving switch; only the calibrated column counts them.")
     calibrated: Calibrated | str | None = None
+    if not family.seed_formula:
+        notes.append(f"The seed formula specifies SD v1.5 img2img; it does not apply to {family.title}.")
     if gpu is not None:
-        calibrated = (calibrate(h, w, batch=seed.batch, dtype=dtype, sm=gpu.sm, switches=switches,
-                                attention_slicing=slicing, safety_checker=safety_checker)
-                      if gpu.is_cuda else "the calibrated column predicts a CUDA GPU, not the CPU")
+        if not family.seed_formula:
+            calibrated = f"calibrated for sd15-img2img only; simulate {family.name}"
+        elif gpu.is_cuda:
+            calibrated = calibrate(h, w, batch=seed.batch, dtype=dtype, sm=gpu.sm, switches=switches,
+                                   attention_slicing=slicing, safety_checker=safety_checker)
+        else:
+            calibrated = "the calibrated column predicts a CUDA GPU, not the CPU"
     return Estimate(
         seed=seed,
         image=str(image) if image is not None else None,
@@ -182,4 +202,5 @@ def estimate(
         dtype=dtype,
         switches=switches,
         calibrated=calibrated,
+        family=family,
     )

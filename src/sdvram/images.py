@@ -53,16 +53,16 @@ def image_info(path: str | Path, min_side: int = MIN_SIDE) -> ImageInfo:
     return info
 
 
-def load_rgb(path: str | Path, min_side: int = MIN_SIDE) -> Image.Image:
+def load_rgb(path: str | Path, min_side: int = MIN_SIDE, mode: str = "RGB") -> Image.Image:
     """The image as the pipeline takes it: checked as ``image_info`` checks it, decoded, EXIF orientation
-    applied, RGB."""
+    applied, in ``mode`` (RGB; "L" for an inpainting mask, which the pipeline reads as grey levels)."""
     notes: list[str] = []
     with _open(path, notes) as image:
         _checked_info(path, image, min_side, notes)
         _decode(path, image)
         with _quiet_exif(notes):
             oriented = ImageOps.exif_transpose(image)
-        return (oriented if oriented is not None else image).convert("RGB")
+        return (oriented if oriented is not None else image).convert(mode)
 
 
 def manifest_prompt(path: str | Path) -> str | None:

@@ -735,6 +735,10 @@ def _key_parts(parts: list[Any], values: Any, any_device: bool = False, offsets:
             parts.append(("(", len(value)))
             if not _key_parts(parts, value, any_device, offsets):
                 return False
+        elif isinstance(value, dict):  # SDXL's added_cond_kwargs: {"text_embeds": ..., "time_ids": ...}
+            parts.append(("{", len(value)))
+            if not _key_parts(parts, tuple(value.items()), any_device, offsets):
+                return False
         elif value is None or isinstance(value, _SCALARS):
             parts.append((type(value), value))
         else:

@@ -1,14 +1,17 @@
-"""Building and running the real diffusers SD v1.5 img2img pipeline.
+"""Building and running the real diffusers pipeline of a family (``sdvram.pipelines``).
 
-``build_pipeline`` makes ``StableDiffusionImg2ImgPipeline`` either from real weights (``from_pretrained``) or
-from the component configs shipped in ``data/`` with random weights and no network; memory depends on
-shapes and dtypes only, so both give the same profile. On ``meta`` the same classes are built without any
-storage, for ``simulate``. Imports torch, diffusers and transformers: reached only by profile/simulate.
+``build_pipeline`` makes the family's pipeline class either from real weights (``from_pretrained``) or from the
+component configs shipped in ``data/`` with random weights and no network; memory depends on shapes and dtypes
+only, so both give the same profile. On ``meta`` the same classes are built without any storage, for
+``simulate``. Imports torch, diffusers and transformers: reached only by profile/simulate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+import inspect
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,20 +26,19 @@ transformers.utils.logging.set_verbosity_error()
 # Each class from its own module: resolving them through diffusers' top-level lazy loader costs ~0.8 s more.
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import StableDiffusionImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-from diffusers.schedulers.scheduling_pndm import PNDMScheduler
 from diffusers.utils import logging as diffusers_logging
-from transformers import CLIPConfig, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 try:  # transformers 5.2x names the Pillow-based processor it falls back to without torchvision
     from transformers import CLIPImageProcessorPil as ImageProcessor
 except ImportError:  # older transformers: the one class, Pillow-based
     from transformers import CLIPImageProcessor as ImageProcessor  # type: ignore[assignment]
 
-from sdvram.architecture import CLIP_MAX_TOKENS, DEFAULT_MODEL, component_config
+from sdvram.architecture import CLIP_MAX_TOKENS, data_config
 from sdvram.choices import Offload
 from sdvram.errors import InputError
+from sdvram.pipelines import IMAGE, IMAGE_AND_MASK, TEXT, Family
 from sdvram.requests import Settings
 from sdvram.tokenizer import clip_vocab
 
@@ -44,48 +46,81 @@ diffusers_logging.set_verbosity_error()  # its loading chatter (accelerate hints
 
 MAX_REASON = 160  # characters of a loader's exception quoted in our one-sentence error
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# The order build_pipeline makes the models in, which is the order their weights are allocated in.
-BUILD_ORDER = ("unet", "vae", "text_encoder", "safety_checker")
+# How each kind of component is made from its config (``Component.builder``)
+BUILDERS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {
+    "unet": UNet2DConditionModel.from_config,
+    "vae": AutoencoderKL.from_config,
+    "clip_text": lambda config: CLIPTextModel(CLIPTextConfig(**config)),
+    "clip_text_projection": lambda config: CLIPTextModelWithProjection(CLIPTextConfig(**config)),
+    "safety_checker": lambda config: StableDiffusionSafetyChecker(CLIPConfig(**config)),
+}
+# The schedulers the families' configs name, each from its own module (see above)
+SCHEDULERS = {"PNDMScheduler": "scheduling_pndm", "DDIMScheduler": "scheduling_ddim",
+              "EulerDiscreteScheduler": "scheduling_euler_discrete"}
+
+
+def build_order(family: Family, safety_checker: bool) -> tuple[str, ...]:
+    """The components ``build_pipeline`` makes, in the order it makes them: the order their weights are allocated
+    in."""
+    return tuple(c.name for c in family.models(safety_checker))
 
 
 def build_pipeline(
+    family: Family,
     *,
     device: str,
     dtype: str,
     weights: str = "random",
-    model: str = DEFAULT_MODEL,
-    architecture: str = "sd15",
+    model: str | None = None,
+    architecture: str = "full",
     safety_checker: bool = True,
+    vae: str | None = None,
 ) -> Any:
-    """The img2img pipeline (a ``StableDiffusionImg2ImgPipeline``) on ``device`` in ``dtype``:
-    ``weights="pretrained"`` loads ``model`` (a hub id or a local folder); ``weights="random"`` builds
-    ``architecture`` from the shipped configs."""
+    """The family's pipeline on ``device`` in ``dtype``: ``weights="pretrained"`` loads ``model`` (a hub id or a local
+    folder; the family's by default); ``weights="random"`` builds ``architecture`` ("full" or "tiny") from the
+    shipped configs. ``vae`` names another VAE of the family (``Family.vaes``), built from its config."""
     torch_dtype = DTYPES[dtype]
+    tiny = architecture == "tiny"
     if weights == "pretrained":
-        return _load_pretrained(model, device, torch_dtype, safety_checker)
-    with _construction(device, torch_dtype):
-        unet = UNet2DConditionModel.from_config(component_config("unet", architecture))
-        vae = AutoencoderKL.from_config(component_config("vae", architecture))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**component_config("text_encoder", architecture)))
-        checker = (
-            StableDiffusionSafetyChecker(CLIPConfig(**component_config("safety_checker", architecture)))
-            if safety_checker
-            else None
-        )
-    for module in (unet, vae, text_encoder, checker):
-        if module is not None:
-            module.eval().requires_grad_(False)
-    return StableDiffusionImg2ImgPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(component_config("scheduler")),
-        safety_checker=checker,  # type: ignore[arg-type]  # None is allowed with requires_safety_checker=False
+        replaced = {} if vae is None else {"vae": _built(family, "vae", device, torch_dtype, tiny, vae)}
+        return _load_pretrained(family, model or family.pretrained, device, torch_dtype, safety_checker, replaced)
+    modules = {name: _built(family, name, device, torch_dtype, tiny, vae)
+               for name in build_order(family, safety_checker)}
+    for module in modules.values():
+        module.eval().requires_grad_(False)
+    scheduler_config = data_config(family.scheduler)
+    scheduler_name = scheduler_config["_class_name"]
+    scheduler = getattr(importlib.import_module(f"diffusers.schedulers.{SCHEDULERS[scheduler_name]}"), scheduler_name)
+    arguments: dict[str, Any] = {**modules, "scheduler": scheduler.from_config(scheduler_config)}
+    arguments.update({name: clip_tokenizer() for name in family.tokenizers})
+    accepted = inspect.signature(pipeline_class(family).__init__).parameters
+    optional = {
+        "safety_checker": None,  # not asked for (None is allowed with requires_safety_checker=False)
         # transformers substitutes the Pillow processor for CLIPImageProcessor itself when torchvision is absent
-        feature_extractor=ImageProcessor(**component_config("feature_extractor")),  # type: ignore[arg-type]
-        requires_safety_checker=False,
-    )
+        "feature_extractor": ImageProcessor(**data_config(family.feature_extractor)) if family.feature_extractor
+        else None,
+        "image_encoder": None, "requires_safety_checker": False,
+        "add_watermarker": False,  # SDXL's invisible watermark works on the host's numpy arrays: no GPU memory
+    }
+    arguments.update({k: v for k, v in optional.items() if k in accepted and k not in arguments})
+    return pipeline_class(family)(**arguments)
+
+
+def pipeline_class(family: Family) -> Any:
+    return getattr(importlib.import_module(family.module), family.pipeline_class)
+
+
+def _built(family: Family, name: str, device: str, dtype: torch.dtype, tiny: bool, vae: str | None) -> Any:
+    component = family.component(name)
+    assert component is not None, f"{family.name} has no {name}"
+    path = component.tiny if tiny else (family.vaes[vae] if name == "vae" and vae is not None else component.config)
+    config = data_config(path)
+    if tiny and name == "vae" and vae is not None:  # the tiny VAE takes the chosen VAE's switches, not its widths
+        config = {**config, "force_upcast": data_config(family.vaes[vae]).get("force_upcast", False)}
+    elif tiny and name == "vae":
+        config = {**config, "force_upcast": data_config(component.config).get("force_upcast", False)}
+    with _construction(device, dtype):
+        return BUILDERS[component.builder](config)
 
 
 def clip_tokenizer() -> CLIPTokenizer:
@@ -96,26 +131,41 @@ def clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_TOKENS)  # type: ignore[arg-type]
 
 
-def run_pipeline(pipe: Any, image: Any, prompt: str, settings: Settings, output_type: str = "pil") -> Any:
-    """One img2img call with ``settings``; returns the pipeline output. ``image`` is a PIL image (given once
-    per generated image) or an already preprocessed (batch, 3, H, W) tensor (the simulation's)."""
+def run_pipeline(pipe: Any, family: Family, image: Any, prompt: str, settings: Settings, *, height: int, width: int,
+                 mask: Any = None, output_type: str = "pil") -> Any:
+    """One call of the family's pipeline with ``settings``; returns the pipeline output. ``image`` (and ``mask``) are
+    PIL images, or already preprocessed tensors (the simulation's stand-ins); ``height`` x ``width`` is the size the
+    pipeline runs at (the image's, rounded down to multiples of 8)."""
     device = pipe._execution_device  # where the models run: with CPU offload, the GPU their hooks move them to
     # On meta no values exist: no generator, so that the noise is made on meta too (a CPU generator would make
     # diffusers draw it on the host: 2 GB at 16384 x 16384, batch 64). Elsewhere a generator on the device.
     generator = None if device.type == "meta" else torch.Generator(device).manual_seed(settings.seed)
     pipe.set_progress_bar_config(disable=True)
-    return pipe(
-        prompt=prompt,
-        # One image per generated image: diffusers deprecates duplicating a single init image for
+    arguments: dict[str, Any] = {}
+    if family.inputs == IMAGE:
+        # One image per generated image where diffusers deprecates duplicating a single init image for
         # num_images_per_prompt > 1 (a FutureWarning); passing the batch encodes each, as it will have to.
-        image=[image] * settings.batch if settings.batch > 1 and not isinstance(image, torch.Tensor) else image,
-        strength=settings.strength,
-        guidance_scale=settings.guidance,
-        num_inference_steps=settings.steps,
-        num_images_per_prompt=settings.batch,
-        generator=generator,
-        output_type=output_type,
-    )
+        many = family.image_per_output and settings.batch > 1 and not isinstance(image, torch.Tensor)
+        arguments.update(image=[image] * settings.batch if many else image, strength=settings.strength)
+    elif family.inputs == IMAGE_AND_MASK:
+        arguments.update(image=image, mask_image=mask, strength=settings.strength, height=height, width=width)
+    else:
+        assert family.inputs == TEXT
+        arguments.update(height=height, width=width)
+    with quiet_library_warnings():
+        return pipe(prompt=prompt, guidance_scale=settings.guidance, num_inference_steps=settings.steps,
+                    num_images_per_prompt=settings.batch, generator=generator, output_type=output_type, **arguments)
+
+
+@contextmanager
+def quiet_library_warnings() -> Iterator[None]:
+    """diffusers' own warnings about its own code are not the user's to act on: its pipelines call their deprecated
+    ``upcast_vae`` (FutureWarning), and its Euler scheduler hands numpy 2 a tensor without a copy argument
+    (DeprecationWarning). Both are hidden while the pipeline runs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="diffusers")
+        yield
 
 
 @contextmanager
@@ -130,17 +180,20 @@ def _construction(device: str, dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def _load_pretrained(model: str, device: str, dtype: torch.dtype, safety_checker: bool) -> Any:
-    extra: dict[str, Any] = {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+def _load_pretrained(family: Family, model: str, device: str, dtype: torch.dtype, safety_checker: bool,
+                     replaced: dict[str, Any]) -> Any:
+    extra: dict[str, Any] = dict(replaced)
+    if family.has_safety_checker and not safety_checker:
+        extra.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model, dtype=dtype, **extra)
+        pipe = pipeline_class(family).from_pretrained(model, dtype=dtype, **extra)
     except (OSError, ValueError) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         first = text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
         raise InputError(
             "Could not load the model '{name}' ({reason}); give a local folder as the {model}, or set {weights} "
-            "to random to build the SD v1.5 architecture with random weights (same memory).",
-            params=("model", "weights"), name=model, reason=first,
+            "to random to build the {title} architecture with random weights (same memory).",
+            params=("model", "weights"), name=model, reason=first, title=family.title,
         ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sdvram.errors import InputError
+from sdvram.pipelines import find_family
 from sdvram.requests import switch_label
 from sdvram.stages import label
 from sdvram.units import GIB
@@ -58,7 +59,8 @@ def matching_points(sweep: dict[str, Any]) -> list[dict[str, Any]]:
     checker, switches) and its aspect ratio."""
     aw, ah = sweep["aspect"]
     return [p for p in measured_points()
-            if p["dtype"] == sweep["dtype"] and p["batch"] == sweep["batch"]
+            if p.get("pipeline", "sd15-img2img") == sweep.get("pipeline", "sd15-img2img")
+            and p["dtype"] == sweep["dtype"] and p["batch"] == sweep["batch"]
             and (p["guidance"] > 1) == (sweep["guidance"] > 1) and p["safety_checker"] == sweep["safety_checker"]
             and sorted(p["switches"]) == sorted(sweep["switches"]) and p["width"] * ah == p["height"] * aw]
 
@@ -83,10 +85,12 @@ def sweep_figure(sweep: dict[str, Any]) -> Any:
         axes.plot(x, [r["stages"][name] / GIB for r in rows], marker=".", linewidth=1, label=f"{label(name)} peak")
     axes.plot(x, [r["peak_allocated"] / GIB for r in rows], color="black", linewidth=2.5,
               label=f"whole run, simulated ({rows[0]['gpu_name'] if rows else first})")
-    axes.plot(x, [r["formula_total"] / GIB for r in rows], color="grey", linestyle="--", linewidth=1.5,
-              label="seed formula total")
+    totals = [r["formula_total"] for r in rows if r["formula_total"] is not None]
+    if totals:  # the seed formula is SD v1.5 img2img's alone
+        axes.plot(x, [t / GIB for t in totals], color="grey", linestyle="--", linewidth=1.5,
+                  label="seed formula total")
     points = matching_points(sweep)
-    highest = max([r["peak_allocated"] for r in rows] + [r["formula_total"] for r in rows]
+    highest = max([r["peak_allocated"] for r in rows] + totals
                   + [p["peak_allocated"] for p in points] + [0]) / GIB
     top = highest * Y_HEADROOM
     cards = {r["gpu"]: r for r in sweep["rows"] if r["capacity"]}
@@ -105,7 +109,8 @@ def sweep_figure(sweep: dict[str, Any]) -> Any:
                      marker="x", s=70, color="tab:red", zorder=5, label="measured (" + ", ".join(
                          sorted({p["gpu_name"] for p in points})) + ")")
     aw, ah = sweep["aspect"]
-    axes.set_title(f"SD v1.5 img2img, peak GPU memory against image size (aspect {aw}:{ah})\n"
+    title = find_family(sweep.get("pipeline", "sd15-img2img")).title
+    axes.set_title(f"{title}, peak GPU memory against image size (aspect {aw}:{ah})\n"
                    f"{settings_line(sweep)}" + "".join(f"\n{line}" for line in above), fontsize=11)
     axes.set_ylim(0, top)
     axes.set_xlabel("image size (megapixels)")
@@ -177,7 +182,8 @@ def timeline_figure(record: dict[str, Any]) -> Any:
                   fontsize=8, arrowprops={"arrowstyle": "->", "color": "0.3"})
     inputs, settings = record["inputs"], record["settings"]
     device = record["environment"].get("simulated_gpu") or record["environment"].get("gpu_name") or settings["device"]
-    axes.set_title(f"SD v1.5 img2img memory over the run, {record['kind']}d on {device}\n"
+    title = find_family(record["settings"].get("pipeline", "sd15-img2img")).title
+    axes.set_title(f"{title} memory over the run, {record['kind']}d on {device}\n"
                    f"{inputs['pipeline_width']} x {inputs['pipeline_height']} px, {settings['dtype']}, batch "
                    f"{settings['batch']}, {settings['steps']} steps x strength {settings['strength']:g}",
                    fontsize=11, pad=18)

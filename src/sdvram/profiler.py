@@ -1,4 +1,4 @@
-"""``profile()``: run the real img2img pipeline on a device, every stage measured by a ``Meter``.
+"""``profile()``: run the real pipeline of a family on a device, every stage measured by a ``Meter``.
 
 A thin layer over the run engine (``engine.py``): on a GPU the meter is the CUDA allocator's own statistics
 and NVML's; on the CPU it is the live-tensor meter summing live bytes. Running out of memory (CUDA's
@@ -29,7 +29,8 @@ from sdvram.engine import (
 from sdvram.errors import InputError, NoCudaError
 from sdvram.images import load_rgb
 from sdvram.meters import CudaMeter, LiveTensorMeter, Meter
-from sdvram.pipeline import BUILD_ORDER, apply_switches, build_pipeline
+from sdvram.pipeline import apply_switches, build_order, build_pipeline
+from sdvram.pipelines import IMAGE_AND_MASK
 from sdvram.record import Record
 from sdvram.requests import ProfileOptions, RunRequest, check_profile_options, check_switches_on_device
 from sdvram.stages import label
@@ -75,15 +76,23 @@ def profile(request: RunRequest, options: ProfileOptions, progress: Progress | N
     check_profile_options(options, request.architecture)
     check_switches_on_device(request.settings, options.device)
     formula = resolve(request)
+    family = request.family
     device = check_device(options.device)
     on_gpu = device.type == "cuda"
     dtype = request.resolved_dtype(on_gpu)
-    picture = (load_rgb(request.image, request.min_side) if request.image is not None
-               else synthetic_image(formula.seed.width, formula.seed.height))
+    width, height = formula.seed.width, formula.seed.height
+    picture = mask = None
+    if family.takes_image:
+        picture = (load_rgb(request.image, request.min_side) if request.image is not None
+                   else synthetic_image(width, height))
+    if family.inputs == IMAGE_AND_MASK:  # the whole image masked, unless a mask is given: memory follows sizes
+        mask = (load_rgb(request.mask, request.min_side, mode="L") if request.mask is not None
+                else Image.new("L", (width, height), 255))
     meter: Meter = (CudaMeter(device, timeline=options.timeline) if on_gpu
                     else LiveTensorMeter("cpu", LiveBytes(), timeline=options.timeline))
+    model = options.resolved_model(family)
     record = new_record("profile", request, formula, device=str(device), dtype=dtype.value,
-                        weights=options.weights.value, model=options.resolved_model, attention="auto")
+                        weights=options.weights.value, model=model, attention="auto")
     recorder = StageRecorder(meter)
     output: Any = None
     with meter:
@@ -92,15 +101,17 @@ def profile(request: RunRequest, options: ProfileOptions, progress: Progress | N
                 # With CPU offload the models start on the CPU, as from_pretrained leaves them, and the switch
                 # moves them to the device as they run; otherwise they are built on the device.
                 offloaded = request.settings.offload is not Offload.none
-                pipe = build_pipeline(device="cpu" if offloaded else str(device), dtype=dtype.value,
-                                      weights=options.weights.value, model=options.resolved_model or "",
+                pipe = build_pipeline(family, device="cpu" if offloaded else str(device), dtype=dtype.value,
+                                      weights=options.weights.value, model=model,
                                       architecture=request.architecture.value,
-                                      safety_checker=request.settings.safety_checker)
+                                      safety_checker=request.settings.safety_checker, vae=request.vae)
                 apply_switches(pipe, request.settings, str(device))
             if isinstance(meter, LiveTensorMeter):
-                order = BUILD_ORDER if options.weights is Weights.random else tuple(pipe.components)
+                order = (build_order(family, request.settings.safety_checker) if options.weights is Weights.random
+                         else tuple(pipe.components))
                 track_weights(meter, pipe, order)
-            output = run_instrumented(pipe, picture, formula.prompt or "", request.settings, recorder, progress)
+            output = run_instrumented(pipe, family, picture, formula.prompt or "", request.settings, recorder,
+                                      progress, height=height - height % 8, width=width - width % 8, mask=mask)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise

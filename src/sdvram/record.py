@@ -61,6 +61,7 @@ class RunInputs:
     prompt: str
     prompt_tokens: int
     prompt_source: str  # "prompt", "manifest" or "default prompt"
+    mask: str | None = None  # an inpainting run's mask image (None: a full mask, or no mask at all)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class RunSettings:
     vae_slicing: bool = False
     attention_slicing: str | int | None = None
     offload: str = "none"
+    pipeline: str = "sd15-img2img"  # the family (sdvram.pipelines); records before the families were this one
+    vae: str | None = None  # another VAE of the family (``--vae``), None for its own
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,13 @@ class Record:
     simulation: Simulation | None = None  # kind "simulate": what the simulation modelled
     compared: Record | None = None  # a profile on a GPU: the simulation of the same settings
     timeline: dict[str, Any] | None = None  # memory over the run, when asked for (``engine.build_timeline``)
+
+    @property
+    def seed_formula_applies(self) -> bool:
+        """Is the seed formula this run's pipeline's specification (SD v1.5 img2img)?"""
+        from sdvram.pipelines import find_family
+
+        return find_family(self.settings.pipeline).seed_formula
 
     @property
     def peak_stage(self) -> str | None:

@@ -18,6 +18,7 @@ from rich.text import Text
 from sdvram.calibrated import DOES_NOT_FIT, FITS, Calibrated
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
+from sdvram.pipelines import find_family
 from sdvram.record import Record
 from sdvram.requests import switch_label, switches_on
 from sdvram.stages import STAGES, label, term_label
@@ -53,6 +54,14 @@ def estimate_table(result: Estimate, units: Units) -> Group:
     stage with the seed formula's term beside the calibrated stage peak, then the totals. Without a calibrated
     answer, the seed formula's table alone."""
     seed = result.seed
+    if not result.seed_formula_applies:  # nothing but the two sentences: neither answer exists for this pipeline
+        family = result.family
+        return Group(
+            Text(f"Seed formula: does not apply to {family.title} ({family.name}); it specifies SD v1.5 img2img.",
+                 style="bold"),
+            calibrated_line(result, units),
+            Text(f"{family.title}, {format_size(seed.width, seed.height)}: `sdvram simulate --pipeline "
+                 f"{family.name}` gives its answer.", style="italic"))
     base_note = "UNet + VAE + text encoder" + (" + safety checker" if seed.safety_checker else "")
     source = TOKEN_SOURCES.get(result.tokens_source, result.tokens_source)
     cal = result.calibrated if isinstance(result.calibrated, Calibrated) else None
@@ -161,21 +170,29 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
     build = f"{settings.architecture}, {settings.dtype}" + (
         f", {settings.weights} weights" if record.kind == "profile" else "")
     switches = switches_on(settings.vae_slicing, settings.vae_tiling, settings.attention_slicing, settings.offload)
+    family = find_family(settings.pipeline)
+    formula = record.seed_formula_applies  # the seed formula's columns only where it is the specification
     heading = Text(
-        f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} SD v1.5 img2img ({build}) on {device}: "
-        f"{format_size(inputs.width, inputs.height)}, {settings.steps} steps x strength {settings.strength:g}, "
-        f"guidance {settings.guidance:g}, batch {settings.batch}, safety checker "
-        f"{'on' if settings.safety_checker else 'off'}"
+        f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} {family.title} ({build}"
+        + (f", VAE {settings.vae}" if settings.vae else "") + f") on {device}: "
+        f"{format_size(inputs.width, inputs.height)}, {settings.steps} steps"
+        + (f" x strength {settings.strength:g}" if family.takes_image else "")
+        + f", guidance {settings.guidance:g}, batch {settings.batch}"
+        + (f", safety checker {'on' if settings.safety_checker else 'off'}" if family.has_safety_checker else "")
+        + (f"; mask {inputs.mask}" if inputs.mask else "")
         + (f"; switches: {switch_label(switches)}" if switches else ""),
         style="italic",
     )
     prompt = Text(f"prompt ({TOKEN_SOURCES.get(inputs.prompt_source, inputs.prompt_source)}, "
                   f"{inputs.prompt_tokens} tokens): {inputs.prompt!r}", style="italic", overflow="ellipsis",
                   no_wrap=True)
-    table = Table(box=box.SIMPLE_HEAD, caption=f"figures in {unit}; error: (prediction - observed) / observed")
+    errors = record.seed_formula_applies or compared is not None
+    table = Table(box=box.SIMPLE_HEAD, caption=f"figures in {unit}"
+                  + ("; error: (prediction - observed) / observed" if errors else ""))
     observed = "simulated" if record.kind == "simulate" else "measured"
     table.add_column("stage", no_wrap=True)
-    table.add_column("seed formula", justify="right")
+    if formula:
+        table.add_column("seed formula", justify="right")
     if compared is not None:
         table.add_column("measured peak", justify="right")
         table.add_column("simulated peak", justify="right")
@@ -185,13 +202,14 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
         table.add_column("peak allocated", justify="right")
         if record.peak_reserved is not None:
             table.add_column("peak reserved", justify="right")
-    table.add_column("formula error", justify="right")
+    if formula:
+        table.add_column("formula error", justify="right")
     peak_stage = record.peak_stage
     for stage in record.stages:
         name = stage.label + (" *" if stage.name == peak_stage else "") + ("" if stage.completed else " (died)")
         if stage.switches:  # which switches acted in the stage, on a second line of the cell
             name += "\n  " + switch_label(stage.switches, short=True)
-        cells = [name, _maybe(stage.formula, units)]
+        cells = [name, _maybe(stage.formula, units)] if formula else [name]
         if compared is not None:
             twin = compared.stage(stage.name)
             cells += [format_number(stage.peak_allocated, units), _maybe(twin.peak_allocated if twin else None, units),
@@ -200,11 +218,12 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
             cells += [format_number(stage.observed, units), format_number(stage.peak_allocated, units)]
             if record.peak_reserved is not None:
                 cells.append(_maybe(stage.peak_reserved, units))
-        cells.append(format_signed_percent(stage.observed, stage.formula) if stage.formula is not None else "")
+        if formula:
+            cells.append(format_signed_percent(stage.observed, stage.formula) if stage.formula is not None else "")
         table.add_row(*cells, style="bold" if stage.name == peak_stage else None)
     table.add_section()
     total = record.formula["bytes"]["total"]
-    cells = ["whole run", format_number(total, units)]
+    cells = ["whole run", format_number(total, units)] if formula else ["whole run"]
     if compared is not None:
         cells += [format_number(record.peak_allocated, units), format_number(compared.peak_allocated, units),
                   format_signed_percent(record.peak_allocated, compared.peak_allocated)]
@@ -212,12 +231,17 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
         cells += ["", format_number(record.peak_allocated, units)]
         if record.peak_reserved is not None:
             cells.append(_maybe(record.peak_reserved, units))
-    cells.append(format_signed_percent(record.peak_allocated, total))
+    if formula:
+        cells.append(format_signed_percent(record.peak_allocated, total))
     table.add_row(*cells, style="bold")
     lines: list[Any] = [answer_line(record, units), heading, prompt, table]
-    lines.append(Text(f"The formula's peak stage is {term_label(record.formula['peak_stage'])}; the {observed} "
-                      f"peak is in the {label(peak_stage)} stage. For the weights row the figure compared is the "
-                      "weights resident after loading; elsewhere the activation (peak less the stage's start)."))
+    if formula:
+        lines.append(Text(f"The formula's peak stage is {term_label(record.formula['peak_stage'])}; the {observed} "
+                          f"peak is in the {label(peak_stage)} stage. For the weights row the figure compared is the "
+                          "weights resident after loading; elsewhere the activation (peak less the stage's start)."))
+    else:
+        lines.append(Text(f"The {observed} peak is in the {label(peak_stage)} stage. The activation is the peak less "
+                          "the stage's start; for the weights row, the weights resident after loading."))
     unet = record.stage("unet")
     if unet is not None and unet.unet_calls:
         replayed = record.simulation.unet_calls_replayed if record.simulation else 0
@@ -276,6 +300,8 @@ def _simulation_lines(record: Record, units: Units, verbose: bool) -> list[Text 
             f"{backend} (head dims {', '.join(map(str, sorted(dims)))})" for backend, dims in kernels.items()) + "."))
     lines += [Text(f"Assumed: {note}") for note in sim.assumptions]
     if verbose:
+        family = find_family(record.settings.pipeline)
+        lines.append(Text(f"Checked on real hardware for {family.name}: {family.checked}."))
         lines.append(Text("Not modelled (docs/simulate.md):"))
         lines += [Text(f"- {item}") for item in NOT_MODELLED]
     return lines
@@ -352,9 +378,14 @@ def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
     peak, whether it fits."""
     aw, ah = sweep["aspect"]
     switches = switch_label(sweep["switches"])
-    parts: list[Any] = [Text(f"Simulated SD v1.5 img2img, aspect {aw}:{ah}, {sweep['dtype']}, batch {sweep['batch']}, "
-                             f"guidance {sweep['guidance']:g}, safety checker "
-                             f"{'on' if sweep['safety_checker'] else 'off'}, switches: {switches}", style="italic")]
+    family = find_family(sweep.get("pipeline", "sd15-img2img"))
+    formula = family.seed_formula
+    parts: list[Any] = [Text(f"Simulated {family.title}" + (f" (VAE {sweep['vae']})" if sweep.get("vae") else "")
+                             + f", aspect {aw}:{ah}, {sweep['dtype']}, batch {sweep['batch']}, "
+                             f"guidance {sweep['guidance']:g}"
+                             + (f", safety checker {'on' if sweep['safety_checker'] else 'off'}"
+                                if family.has_safety_checker else "")
+                             + f", switches: {switches}", style="italic")]
     for key in sweep["gpus"]:
         rows = [r for r in sweep["rows"] if r["gpu"] == key]
         if not rows:
@@ -364,7 +395,8 @@ def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
         table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", caption=f"figures in {unit_label(units)}")
         table.add_column("W x H", justify="right", no_wrap=True)
         table.add_column("MP", justify="right")
-        table.add_column("seed formula", justify="right")
+        if formula:
+            table.add_column("seed formula", justify="right")
         table.add_column("peak allocated", justify="right")
         table.add_column("peak reserved", justify="right")
         table.add_column("peak in")
@@ -372,10 +404,10 @@ def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
         for row in rows:
             fits = "" if row["fits"] is None else ("yes" if row["fits"] else "no")
             stage = SHORT_STAGE.get(row["peak_stage"], label(row["peak_stage"]))
-            table.add_row(f"{row['width']} x {row['height']}", f"{row['megapixels']:.2f}",
-                          format_number(row["formula_total"], units), format_number(row["peak_allocated"], units),
-                          _maybe(row["peak_reserved"], units), stage, fits,
-                          style="red" if row["fits"] is False else None)
+            cells = [f"{row['width']} x {row['height']}", f"{row['megapixels']:.2f}"]
+            cells += [format_number(row["formula_total"], units)] if formula else []
+            table.add_row(*cells, format_number(row["peak_allocated"], units), _maybe(row["peak_reserved"], units),
+                          stage, fits, style="red" if row["fits"] is False else None)
         parts.append(table)
     return Group(*parts)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdvram.architecture import DEFAULT_MODEL, MIN_SIDE
+from sdvram.architecture import MIN_SIDE
 from sdvram.choices import Architecture, DType, Offload, Weights
 from sdvram.errors import InputError
 from sdvram.inputs import (
@@ -20,6 +20,7 @@ from sdvram.inputs import (
     parse_steps,
     parse_strength,
 )
+from sdvram.pipelines import DEFAULT, IMAGE_AND_MASK, Family, find_family
 
 # The switches in the order of what they cost a user: VAE slicing (nothing, batch > 1 only), VAE tiling (time, and
 # faint seams), attention slicing (time), model offload (a model moved per stage), sequential offload (every
@@ -51,7 +52,8 @@ def switch_label(switches: tuple[str, ...] | list[str], short: bool = False) -> 
 class Settings:
     """How the pipeline is called. The defaults are the seed's reference run: guidance 5.0, 50 inference
     steps at strength 0.8 (40 denoising steps), one image; the safety checker is left out, as the seed's
-    formula leaves it out (``safety_checker=True`` runs it, as ``from_pretrained`` would)."""
+    formula leaves it out (``safety_checker=True`` runs it, as ``from_pretrained`` would). Another family's
+    defaults come from ``settings_for``."""
 
     steps: int = 50
     strength: float = 0.8
@@ -76,17 +78,38 @@ class Settings:
         return min(int(self.steps * self.strength), self.steps)
 
 
+def settings_for(family: Family, steps: int | None = None, strength: float | None = None,
+                 guidance: float | None = None, **rest: Any) -> Settings:
+    """Settings with the family's defaults (``Family.defaults``) where a value is not given. A strength given to a
+    pipeline that takes no image is refused."""
+    if strength is not None and not family.takes_image:
+        raise InputError("{strength} applies to pipelines that start from an image; {pipeline} makes its image "
+                         "from noise (strength 1).", params=("strength", "pipeline"))
+    defaults = family.defaults
+    return Settings(steps=defaults.steps if steps is None else steps,
+                    strength=defaults.strength if strength is None else strength,
+                    guidance=defaults.guidance if guidance is None else guidance, **rest)
+
+
 @dataclass(frozen=True)
 class RunRequest:
-    """One pipeline run: the image (a file, or a size for a generated one), the prompt, the build."""
+    """One pipeline run: the pipeline family, the image (a file, or a size for a generated one; neither: the
+    family's default size), the mask of an inpainting run, the prompt, the build."""
 
     image: Path | None = None
     height: int | None = None
     width: int | None = None
     prompt: str | None = None  # None: the image's manifest prompt, else the default prompt
     dtype: DType | None = None  # None: float16 on a GPU, float32 on the CPU
-    architecture: Architecture = Architecture.sd15
+    architecture: Architecture = Architecture.full
     settings: Settings = field(default_factory=Settings)
+    pipeline: str = DEFAULT  # a name of sdvram.pipelines.FAMILIES
+    mask: Path | None = None  # inpainting's mask image (None: a full mask of the image's size)
+    vae: str | None = None  # another VAE of the family (Family.vaes), e.g. "fp16-fix" for SDXL
+
+    @property
+    def family(self) -> Family:
+        return find_family(self.pipeline)
 
     @property
     def min_side(self) -> int:
@@ -106,23 +129,35 @@ class ProfileOptions:
     save_image: Path | None = None
     timeline: bool = False  # keep the memory over the run (Record.timeline)
 
-    @property
-    def resolved_model(self) -> str | None:
-        return (self.model or DEFAULT_MODEL) if self.weights is Weights.pretrained else None
+    def resolved_model(self, family: Family) -> str | None:
+        """The weights loaded: ``model``, else the family's hub id; None for random weights."""
+        return (self.model or family.pretrained) if self.weights is Weights.pretrained else None
 
 
 def check_request(request: RunRequest) -> None:
     """Raise InputError (naming the parameter) on any value the run cannot take; files are checked when
     read. Everything here is checked before anything is built."""
+    family = request.family
     if request.image is not None and (request.height is not None or request.width is not None):
         raise InputError("Give either an {image} or both {height} and {width}, not both.",
                          params=("image", "height", "width"))
     if request.image is None:
-        if request.height is None or request.width is None:
+        if (request.height is None) != (request.width is None):
             raise InputError("Give an {image}, or both {height} and {width} (pixels) for a generated one.",
                              params=("image", "height", "width"))
-        parse_side(request.height, "height", request.min_side)
-        parse_side(request.width, "width", request.min_side)
+        if request.height is not None and request.width is not None:
+            parse_side(request.height, "height", request.min_side)
+            parse_side(request.width, "width", request.min_side)
+    if request.mask is not None and family.inputs != IMAGE_AND_MASK:
+        raise InputError("{mask} is for inpainting; {pipeline} {name} takes no mask.", params=("mask", "pipeline"),
+                         name=family.name)
+    if request.vae is not None and request.vae not in family.vaes:
+        known = ", ".join(family.vaes) or "none"
+        raise InputError("{vae} '{got}' is not a VAE of {name} (its other VAEs: {known}).", params=("vae",),
+                         got=request.vae, name=family.name, known=known)
+    if request.settings.safety_checker and not family.has_safety_checker:
+        raise InputError("{pipeline} {name} ships no safety checker; leave out {safety_checker}.",
+                         params=("pipeline", "safety_checker"), name=family.name)
     check_settings(request.settings)
 
 
@@ -144,7 +179,7 @@ def check_profile_options(options: ProfileOptions, architecture: Architecture) -
     if options.weights is Weights.random and options.model is not None:
         raise InputError("{model} names weights to load, but {weights} is random; drop one of them.",
                          params=("model", "weights"))
-    if architecture is not Architecture.sd15 and options.weights is Weights.pretrained:
+    if architecture is not Architecture.full and options.weights is Weights.pretrained:
         raise InputError(f"{{architecture}} {architecture.value} has no pretrained weights; set {{weights}} to "
                          "random.", params=("architecture", "weights"))
     device = options.device
@@ -167,9 +202,13 @@ def request_from_record(record: dict[str, Any], root: Path | None = None) -> Run
     image = Path(inputs["image"]) if inputs.get("image") else None
     if image is not None and root is not None and not image.is_absolute():
         image = root / image
+    mask = Path(inputs["mask"]) if inputs.get("mask") else None
+    if mask is not None and root is not None and not mask.is_absolute():
+        mask = root / mask
     return RunRequest(
         image=image, height=None if image else inputs["height"], width=None if image else inputs["width"],
         prompt=inputs["prompt"], dtype=DType(settings["dtype"]), architecture=Architecture(settings["architecture"]),
+        pipeline=settings.get("pipeline", DEFAULT), mask=mask, vae=settings.get("vae"),
         settings=Settings(steps=settings["steps"], strength=settings["strength"], guidance=settings["guidance"],
                           batch=settings["batch"], seed=settings["seed"], safety_checker=settings["safety_checker"],
                           vae_tiling=settings.get("vae_tiling", False), vae_slicing=settings.get("vae_slicing", False),

@@ -11,8 +11,12 @@ GPU does that ``meta`` does not is modelled explicitly:
 - cuBLAS and cuBLASLt keep workspaces from the first matrix multiply on, and cuDNN holds a workspace while
   each convolution runs (``workspaces.py``): allocated through the allocator model in the order the GPU
   makes them (after the op's output);
-- the input image stays on the host (its preprocessed tensor is a placeholder of the right shape, made
-  without host memory), and so do the scheduler's timesteps (``meta`` tensors cannot be read back);
+- the input image (and an inpainting mask) stays on the host: its preprocessed tensor is a host stand-in of the
+  right shape that holds one value (a zero-dim tensor expanded), so that what the pipeline does with it on the
+  host runs on the host, and what it copies to the device is allocated there; the scheduler's timesteps stay on
+  the host too (``meta`` tensors cannot be read back);
+- a module converted in place (SDXL's VAE cast to float32 for decoding and back: ``Module._apply``) allocates each
+  new tensor and frees the one it replaces, as the caching allocator does when the module drops it;
 - the safety checker's host-side steps (PIL and numpy) are skipped; what it allocates on the device is
   allocated (the feature extractor's pixels in fp32 and in the run's dtype, the CLIP vision tower, the
   concept distances).
@@ -74,7 +78,8 @@ from sdvram.meters import (
     strided_nbytes,
     template_of,
 )
-from sdvram.pipeline import BUILD_ORDER, apply_switches, build_pipeline, reset_switches
+from sdvram.pipeline import apply_switches, build_order, build_pipeline, reset_switches
+from sdvram.pipelines import IMAGE_AND_MASK, Family, find_family
 from sdvram.record import Fit, Record, Simulation
 from sdvram.requests import RunRequest, Settings
 from sdvram.stages import label
@@ -99,22 +104,33 @@ class SimulateOptions:
     timeline: bool = False  # keep the memory over the run (Record.timeline)
 
 
+Build = tuple[str, Architecture, DType, bool, "str | None"]  # family, architecture, dtype, safety checker, VAE
+
+
+def build_of(request: RunRequest, gpu: GpuSpec) -> Build:
+    """What a simulator must have been built as to run ``request`` on ``gpu``."""
+    return (request.pipeline, request.architecture, request.resolved_dtype(gpu.is_cuda),
+            request.settings.safety_checker, request.vae)
+
+
 class Simulator:
     """The pipeline built once on ``meta``, run for as many requests as wanted (sweeps build once)."""
 
-    def __init__(self, architecture: Architecture = Architecture.sd15, dtype: DType = DType.float16,
-                 safety_checker: bool = False) -> None:
+    def __init__(self, architecture: Architecture = Architecture.full, dtype: DType = DType.float16,
+                 safety_checker: bool = False, pipeline: str = "sd15-img2img", vae: str | None = None) -> None:
+        self.family: Family = find_family(pipeline)
+        self.build: Build = (self.family.name, architecture, dtype, safety_checker, vae)
         self.architecture, self.dtype, self.safety_checker = architecture, dtype, safety_checker
         # Built under a meter that logs every allocation and free, so that each run's load stage makes them
         # again in the order a GPU would (the order of construction, temporaries included).
         builder = LiveTensorMeter("meta", LiveBytes())
         with builder, builder.recording() as log:
-            self.pipe = build_pipeline(device="meta", dtype=dtype.value, architecture=architecture.value,
-                                       safety_checker=safety_checker)
+            self.pipe = build_pipeline(self.family, device="meta", dtype=dtype.value, architecture=architecture.value,
+                                       safety_checker=safety_checker, vae=vae)
         self.build_log = log
         self.weights: dict[str, dict[str, int]] = {}
         self.bindings: list[tuple[Any, int, str]] = []
-        for component in BUILD_ORDER:
+        for component in build_order(self.family, safety_checker):
             module = getattr(self.pipe, component, None)
             if isinstance(module, torch.nn.Module):
                 tensors = [*module.parameters(), *module.buffers()]
@@ -133,14 +149,14 @@ class Simulator:
 
     def accepts(self, request: RunRequest, gpu: GpuSpec) -> bool:
         """Was this simulator built for what ``request`` runs?"""
-        build = (request.architecture, request.resolved_dtype(gpu.is_cuda), request.settings.safety_checker)
-        return build == (self.architecture, self.dtype, self.safety_checker)
+        return build_of(request, gpu) == self.build
 
     def run(self, request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
         """Simulate one request on ``options.gpu``; the simulator must have been built for it (``accepts``)."""
         gpu = options.gpu
         if not self.accepts(request, gpu):
-            raise ValueError(f"this simulator was built for {(self.architecture, self.dtype, self.safety_checker)}")
+            raise ValueError(f"this simulator was built for {self.build}, not {build_of(request, gpu)}")
+        family = self.family
         formula = resolve(request)
         stack: list[str] = []
         allocator = CachingAllocator(capacity=gpu.capacity) if gpu.is_cuda else None
@@ -160,16 +176,22 @@ class Simulator:
         recorder_box.append(recorder)
         attention = AttentionModel(gpu, options.attention)
         batch = request.settings.batch
-        shape = (batch, 3, formula.seed.height - formula.seed.height % 8, formula.seed.width - formula.seed.width % 8)
-        scheduler_tables = self._fresh_scheduler(host_is_device=not gpu.is_cuda)  # before the patches
+        height, width = formula.seed.height - formula.seed.height % 8, formula.seed.width - formula.seed.width % 8
+        images = batch if family.image_per_output else 1  # the preprocessed images the pipeline is given
+        scheduler_state = self._fresh_scheduler(host_is_device=not gpu.is_cuda)  # before the patches
         with ExitStack() as exits:
             exits.enter_context(_stopped_runs(recorder))
             exits.enter_context(meter)
             if options.explain:  # global module hooks cost time on every forward call: only when asked
                 exits.enter_context(self._module_stack(stack))
             exits.enter_context(attention)
-            image = self._input_image(shape)
-            exits.enter_context(self._meta_patches(image, not gpu.is_cuda, batch))
+            image = mask = None
+            if family.takes_image:
+                image = self._stand_in((images, 3, height, width), host_is_device=not gpu.is_cuda)
+            if family.inputs == IMAGE_AND_MASK:
+                mask = self._stand_in((images, 1, height, width), host_is_device=not gpu.is_cuda)
+            exits.enter_context(self._meta_patches(image, mask, not gpu.is_cuda, batch))
+            exits.enter_context(_conversions(meter, self.pipe))
             replay = CallReplay(meter, attention, enabled=options.replay)
             vae = self.pipe.vae
             exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap("unet")),
@@ -186,12 +208,14 @@ class Simulator:
                     meter.replay_resident(self.build_log, self.bindings)
                 else:  # the models start on the CPU; the excluded safety checker is moved to the GPU at once
                     offload.load()
-                for tensor in scheduler_tables:
-                    meter.track(tensor, owner="scheduler state", resident=True)
+                for name in scheduler_state:  # counted while the scheduler holds them (set_timesteps replaces some)
+                    meter.track(getattr(self.pipe.scheduler, name), owner="scheduler state")
+                if self._scheduler_temporaries:  # the pipeline builds its scheduler last, after the models
+                    meter.transient(self._scheduler_temporaries, "scheduler's temporaries")
             if offload is not None and offload.active:
                 exits.enter_context(offload.hooks())
-            run_instrumented(self.pipe, image, formula.prompt or "", request.settings, recorder, progress,
-                             output_type="pt")
+            run_instrumented(self.pipe, family, image, formula.prompt or "", request.settings, recorder, progress,
+                             output_type="pt", height=height, width=width, mask=mask)
         finish_record(record, recorder, formula, request.settings)
         record.environment.update({"device": "meta", "simulated_gpu": gpu.name})
         record.simulation = Simulation(
@@ -208,21 +232,36 @@ class Simulator:
             record.timeline = build_timeline(meter.series, recorder.marks, record.simulation.explain)
         return record
 
-    def _fresh_scheduler(self, host_is_device: bool) -> list[torch.Tensor]:
+    def _fresh_scheduler(self, host_is_device: bool) -> list[str]:
         """Give the pipeline a new scheduler, as a new process has: the scheduler keeps state between calls
         (``add_noise`` moves ``alphas_cumprod`` to the device and keeps it there). For a CPU target the host
-        is the measured device, so its tables (betas, alphas, ...) are made on meta and returned, to be
-        counted; for a GPU they stay on the host, as they do on a GPU."""
+        is the measured device, so every tensor its constructor made (betas, alphas, ..., the initial timesteps
+        and sigmas, which ``torch.from_numpy`` makes through ``aten::lift_fresh``, so a real CPU run counts them)
+        is remade on meta, a view as a view of what it views; their names are returned, to be counted while the
+        scheduler holds them. For a GPU they stay on the host, as they do on a GPU."""
         old = self.pipe.scheduler
-        self.pipe.scheduler = scheduler = type(old).from_config(old.config)
+        self._host_tables: dict[str, torch.Tensor] = {}
+        self._scheduler_temporaries = 0
         if not host_is_device:
+            self.pipe.scheduler = type(old).from_config(old.config)
             return []
-        tables = [
-            name for name, value in vars(scheduler).items() if isinstance(value, torch.Tensor) and name != "timesteps"
-        ]
-        for name in tables:
-            setattr(scheduler, name, getattr(scheduler, name).to("meta"))
-        return [getattr(scheduler, name) for name in tables]
+        probe = LiveTensorMeter("cpu", LiveBytes())  # what its constructor allocates on the host, the CPU target
+        with probe:
+            self.pipe.scheduler = scheduler = type(old).from_config(old.config)
+        # the most it held at once beyond what it keeps (Euler's float64 timesteps before their float32 copy)
+        self._scheduler_temporaries = probe.take_peak().allocated - probe.allocated()
+        names = [name for name, value in vars(scheduler).items() if isinstance(value, torch.Tensor)]
+        self._host_tables = {name: getattr(scheduler, name) for name in names}
+        on_meta: dict[int, torch.Tensor] = {}  # host storage -> its meta copy
+        for name in names:
+            tensor = getattr(scheduler, name)
+            base = on_meta.get(tensor.untyped_storage().data_ptr())
+            if base is None:
+                on_meta[tensor.untyped_storage().data_ptr()] = moved = tensor.to("meta")
+            else:  # final_alpha_cumprod = alphas_cumprod[0]: no storage of its own
+                moved = base.as_strided(tensor.shape, tensor.stride(), tensor.storage_offset())
+            setattr(scheduler, name, moved)
+        return names
 
     @contextmanager
     def _switches(self, settings: Settings) -> Iterator[None]:
@@ -235,12 +274,15 @@ class Simulator:
             reset_switches(self.pipe)
 
     @staticmethod
-    def _input_image(shape: tuple[int, ...]) -> torch.Tensor:
-        """A stand-in for the input image: the preprocessed tensor's shape, float32, sides rounded down to
-        multiples of 8, no data and no host memory. Made outside the meter: on a GPU the image stays on the
-        host until ``prepare_latents`` copies it; on the CPU target ``preprocess`` makes the counted one."""
+    def _stand_in(shape: tuple[int, ...], host_is_device: bool) -> torch.Tensor:
+        """A stand-in for a preprocessed input (the image, an inpainting mask): its shape, float32, sides rounded
+        down to multiples of 8. For a GPU it is a host tensor of one value expanded to the shape (no host memory):
+        the pipeline's host-side work on it runs on the host, and its copies to the device are allocated there.
+        For the CPU target the host is the measured device: a meta tensor, which ``preprocess`` makes counted."""
         with _disable_current_modes():
-            return torch.empty(shape, dtype=torch.float32, device="meta")
+            if host_is_device:
+                return torch.empty(shape, dtype=torch.float32, device="meta")
+            return torch.zeros((), dtype=torch.float32).expand(shape)
 
     @contextmanager
     def _module_stack(self, stack: list[str]) -> Iterator[None]:
@@ -266,33 +308,36 @@ class Simulator:
             stack.clear()
 
     @contextmanager
-    def _meta_patches(self, image: torch.Tensor, host_is_device: bool, batch: int) -> Iterator[None]:
+    def _meta_patches(self, image: torch.Tensor | None, mask: torch.Tensor | None, host_is_device: bool,
+                      batch: int) -> Iterator[None]:
         """The pipeline steps that touch host data, made meta-safe (see the module doc)."""
         pipe = self.pipe
         on_device: list[torch.Tensor] = []  # the GPU copies of host values the pipeline keeps to its end
 
         def preprocessed(original: Callable[..., Any]) -> Callable[..., Any]:
             def preprocess(given: Any, *args: Any, **kwargs: Any) -> Any:
-                if given is not image:
+                if not isinstance(given, torch.Tensor) or (given is not image and given is not mask):
                     return original(given, *args, **kwargs)
                 if host_is_device:  # the preprocessed pixels are made on the measured device, here
-                    return torch.empty(image.shape, dtype=image.dtype, device="meta")
-                return image
+                    return torch.empty(given.shape, dtype=given.dtype, device="meta")
+                return given
 
             return preprocess
 
-        def image_to_device(original: Callable[..., Any]) -> Callable[..., Any]:
-            def prepare_latents(given: Any, timestep: Any, batch_size: int, num_images_per_prompt: int,
-                                dtype: torch.dtype, device: Any, *args: Any, **kwargs: Any) -> Any:
-                if given is image:  # the host tensor's copy on the GPU, in the run's dtype (one _to_copy)
-                    given = torch.empty(given.shape, dtype=dtype, device="meta")
-                return original(given, timestep, batch_size, num_images_per_prompt, dtype, device, *args, **kwargs)
-
-            return prepare_latents
-
         def host_timesteps(original: Callable[..., Any]) -> Callable[..., Any]:
             def set_timesteps(num_inference_steps: int, device: Any = None, **kwargs: Any) -> Any:
-                result = original(num_inference_steps, device="cpu", **kwargs)  # read back, so kept on the host
+                scheduler = pipe.scheduler
+                # For the CPU target the tables are on meta, but set_timesteps reads their values (Euler's sigmas
+                # through numpy): the host's are lent for the call, and the meta ones put back where unchanged
+                lent = {name: getattr(scheduler, name) for name in self._host_tables}
+                for name, table in self._host_tables.items():
+                    setattr(scheduler, name, table)
+                try:
+                    result = original(num_inference_steps, device="cpu", **kwargs)  # read back: kept on the host
+                finally:
+                    for name, table in self._host_tables.items():
+                        if getattr(scheduler, name) is table:
+                            setattr(scheduler, name, lent[name])
                 if not host_is_device:  # ... but a real run has them on the GPU too
                     steps = pipe.scheduler.timesteps
                     on_device.append(torch.empty(steps.shape, dtype=steps.dtype, device="meta"))
@@ -326,13 +371,14 @@ class Simulator:
 
             return run_safety_checker
 
-        patches = [
-            (pipe.image_processor, "preprocess", preprocessed),
-            (pipe.scheduler, "set_timesteps", host_timesteps),
-            (pipe, "run_safety_checker", device_safety_checker),
-        ]
-        if not host_is_device:
-            patches += [(pipe, "prepare_latents", image_to_device), (pipe, "get_timesteps", device_latent_timestep)]
+        patches = [(pipe.image_processor, "preprocess", preprocessed),
+                   (pipe.scheduler, "set_timesteps", host_timesteps)]
+        if getattr(pipe, "mask_processor", None) is not None:
+            patches.append((pipe.mask_processor, "preprocess", preprocessed))
+        if hasattr(pipe, "run_safety_checker"):
+            patches.append((pipe, "run_safety_checker", device_safety_checker))
+        if not host_is_device and hasattr(pipe, "get_timesteps"):
+            patches.append((pipe, "get_timesteps", device_latent_timestep))
         with patched(patches):
             yield
         on_device.clear()
@@ -399,6 +445,54 @@ class GpuLibraries:
                 shift = meter.hold(n * c * 4, "GroupNorm's fp32 shift")
                 meter.release(shift)
                 meter.release(scale)
+
+
+@contextmanager
+def _conversions(meter: LiveTensorMeter, pipe: Any) -> Iterator[None]:
+    """A pipeline's module converted in place while it runs (``module.to(dtype)``: SDXL casts its VAE to float32
+    for the encode and decode and back) goes through ``Module._apply``, which makes each new tensor and then
+    drops the one it replaces: the new one is an allocation the meter sees; the old one, a resident weight whose
+    storage the simulation keeps, is freed here when its replacement exists, as the caching allocator frees it
+    when the module lets it go. A module whose weights are not on the device (CPU offload) converts on the host:
+    nothing is counted. Afterwards every converted tensor is put back, so that the next run starts from the
+    weights as built."""
+    original_apply = torch.nn.Module._apply
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(parameter) -> (it, its data as built)
+    buffers: dict[tuple[int, str], tuple[torch.nn.Module, str, torch.Tensor]] = {}  # Module._apply replaces them
+    components = {id(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)}
+
+    def _apply(module: torch.nn.Module, fn: Callable[..., Any], recurse: bool = True) -> Any:
+        if id(module) not in components:
+            return original_apply(module, fn, recurse)
+        for parameter in module.parameters():
+            kept.setdefault(id(parameter), (parameter, parameter.data))
+        for sub in module.modules():
+            for key, buffer in sub._buffers.items():
+                if buffer is not None:
+                    buffers.setdefault((id(sub), key), (sub, key, buffer))
+
+        def convert(tensor: torch.Tensor) -> torch.Tensor:
+            keys = meter.live_keys([tensor])
+            if keys is None:  # not on the device: a host-side conversion
+                with _disable_current_modes():
+                    return fn(tensor)
+            converted = fn(tensor)
+            if converted.untyped_storage()._cdata != tensor.untyped_storage()._cdata:
+                meter.offload([tensor], keys)  # the replaced tensor is dropped by the module
+            return converted
+
+        return original_apply(module, convert, recurse)
+
+    torch.nn.Module._apply = _apply  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module._apply = original_apply  # type: ignore[method-assign]
+        for parameter, data in kept.values():
+            if parameter.data is not data:
+                parameter.data = data
+        for sub, key, buffer in buffers.values():
+            sub._buffers[key] = buffer
 
 
 @contextmanager
@@ -740,14 +834,15 @@ def explain(snapshot: Snapshot) -> dict[str, Any]:
     return {"total": snapshot.total, "groups": ordered}
 
 
-_SIMULATORS: dict[tuple[Architecture, DType, bool], Simulator] = {}
+_SIMULATORS: dict[Build, Simulator] = {}
 
 
 def simulator_for(request: RunRequest, gpu: GpuSpec) -> Simulator:
     """The simulator built for what ``request`` runs, built once per process (a build takes a second)."""
-    build = (request.architecture, request.resolved_dtype(gpu.is_cuda), request.settings.safety_checker)
+    build = build_of(request, gpu)
     if build not in _SIMULATORS:
-        _SIMULATORS[build] = Simulator(*build)
+        pipeline, architecture, dtype, safety_checker, vae = build
+        _SIMULATORS[build] = Simulator(architecture, dtype, safety_checker, pipeline, vae)
     return _SIMULATORS[build]
 
 

@@ -36,7 +36,7 @@ class SweepRow:
     peak_stage: str | None
     fits: bool | None  # None: the CPU target has no capacity
     capacity: int | None
-    formula_total: int
+    formula_total: int | None  # the seed formula's total (None: it does not apply to the pipeline)
 
     @property
     def megapixels(self) -> float:
@@ -49,7 +49,7 @@ class SweepRow:
         return cls(gpu.key, gpu.name, record.inputs.pipeline_width, record.inputs.pipeline_height,
                    {s.name: s.peak_allocated for s in record.stages}, record.peak_allocated, record.peak_reserved,
                    record.predicted_nvidia_smi, record.peak_stage, fit.fits if fit is not None else None,
-                   gpu.capacity, record.formula["bytes"]["total"])
+                   gpu.capacity, record.formula["bytes"]["total"] if record.seed_formula_applies else None)
 
     def to_json(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "gpu_name": self.gpu_name, "width": self.width, "height": self.height,
@@ -75,7 +75,8 @@ class SweepResult:
 
     def to_json(self) -> dict[str, Any]:
         settings = self.request.settings
-        return {"aspect": list(self.aspect), "dtype": self.request.resolved_dtype(True).value,
+        return {"pipeline": self.request.pipeline, "vae": self.request.vae, "aspect": list(self.aspect),
+                "dtype": self.request.resolved_dtype(True).value,
                 "batch": settings.batch, "steps": settings.steps, "strength": settings.strength,
                 "guidance": settings.guidance, "safety_checker": settings.safety_checker,
                 "switches": list(settings.switches), "gpus": [g.key for g in self.gpus],
@@ -93,7 +94,8 @@ class SweepResult:
                              "" if row.fits is None else str(row.fits).lower(), row.peak_allocated,
                              "" if row.peak_reserved is None else row.peak_reserved,
                              "" if row.nvidia_smi is None else row.nvidia_smi, row.peak_stage or "",
-                             row.formula_total, *[row.stages.get(n, "") for n in names]])
+                             "" if row.formula_total is None else row.formula_total,
+                             *[row.stages.get(n, "") for n in names]])
         return buffer.getvalue()
 
 

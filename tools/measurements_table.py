@@ -19,7 +19,7 @@ from gpu_variants import PROMPT, SWITCHES
 from sdvram.choices import DType
 from sdvram.gpus import GPUS, find_gpu
 from sdvram.requests import RunRequest, Settings, request_from_record
-from sdvram.simulate import SimulateOptions, Simulator
+from sdvram.simulate import SimulateOptions, Simulator, simulator_for
 
 GIB = 1024**3
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,16 +39,14 @@ def note(record: str, figure: str, measured: int, simulated: int) -> None:
 
 def main(folder: Path) -> None:
     records = [(path, json.loads(path.read_text()))
-               for path in sorted([*(folder / "profiles").glob("*.json"), *(folder / "flash-off").glob("*.json")])]
+               for path in sorted(path for sub in ("profiles", "flash-off", "families")
+                                  for path in (folder / sub).glob("*.json"))]
     gpu = find_gpu(records[0][1]["environment"]["gpu_name"].replace("NVIDIA ", "")) if records else GPUS["h200"]
-    simulators: dict[tuple, Simulator] = {}
     print("| record | stage | seed formula | simulated | measured | simulated - measured |")
     print("|---|---|---:|---:|---:|---:|")
     for path, record in records:
         request = request_from_record(record, ROOT)
-        key = (request.architecture, request.resolved_dtype(True), request.settings.safety_checker)
-        simulator = simulators.setdefault(key, Simulator(*key))
-        simulated = simulator.run(request, SimulateOptions(gpu))
+        simulated = simulator_for(request, gpu).run(request, SimulateOptions(gpu))
         name = f"{path.parent.name}/{path.stem}"
         for stage in record["stages"]:
             twin = simulated.stage(stage["name"])

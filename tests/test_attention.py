@@ -114,3 +114,32 @@ def test_cpu_kernel_outputs_match_what_the_simulation_allocates() -> None:
     (name, (out, lse)), = [(n, o) for n, o in seen if "flash_attention_for_cpu" in n]
     assert out.shape == (2, 4, 100, 8) and out.stride() == (3200, 8, 32, 1)  # laid out (B, N, H, D)
     assert lse.shape == (2, 4, 100) and lse.dtype == torch.float32 and lse.stride() == (400, 1, 4)
+
+
+def test_a_cudnn_attention_call_requests_what_the_h200_trace_shows() -> None:
+    """The UNet's first attention at 512 x 512 on the H200 (batch 2 for guidance, 8 heads of 40, 4,096 tokens), as
+    its allocator trace recorded the requests: the philox seed and offset (8 bytes each), the output
+    (2 x 4096 x 8 x 40 fp16), the plan's workspace; then the workspace, the seed and the offset freed. The
+    simulated kernel makes the same requests in the same order."""
+    import gzip
+    import pickle
+    from pathlib import Path
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from sdvram.accounting import LiveBytes
+    from sdvram.gpus import GPUS
+    from sdvram.meters import LiveTensorMeter
+    from sdvram.simulate import AttentionModel
+
+    output = 2 * 4096 * 8 * 40 * 2
+    with gzip.open(Path(__file__).parent / "data" / "trace-512-steps10.pkl.gz", "rb") as handle:
+        events = pickle.load(handle)["device_traces"][0]
+    allocs = [e["size"] for e in events if e["action"] == "alloc"]
+    at = next(i for i in range(len(allocs) - 3) if allocs[i:i + 3] == [8, 8, output])
+    traced = allocs[at:at + 4]
+    q = torch.empty((2, 8, 4096, 40), dtype=torch.float16, device="meta")
+    with LiveTensorMeter("meta", LiveBytes()) as meter, meter.recording() as log, AttentionModel(GPUS["h200"]):
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    simulated = [event[2].size for event in log.events if event[0] == "alloc"]
+    assert simulated == traced == [8, 8, output, 256]

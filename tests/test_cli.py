@@ -27,12 +27,13 @@ runner = CliRunner()
     (["simulate", "--dtype", "float8"], "Invalid value for '--dtype'"),
     (["simulate", "--attention", "sometimes"], "Invalid value for '--attention'"),
     (["launch"], "No such command 'launch'"),
-    (["fit", "--vram", "0"], "--vram must be at least 1 MiB; got '0'."),
-    (["fit", "--vram", "-1"], "--vram must be a size such as 8GB, 12GiB or 8192MiB; got '-1'."),
-    (["fit", "--vram", "8XB"], "--vram must be a size such as 8GB, 12GiB or 8192MiB; got '8XB'."),
+    (["fit", "--vram", "0"], "--vram must be from 1 MiB to 1 TiB; got '0'."),
+    (["fit", "--vram", "-1"], "--vram must be a size such as 8GB (read as 8 GiB), 12GiB, 8192MiB or 8000MB; got '-1'."),
+    (["fit", "--vram", "8XB"], "--vram must be a size such as 8GB (read as 8 GiB), 12GiB, 8192MiB or 8000MB; got "
+                               "'8XB'."),
     (["fit", "--aspect", "0:1"], "--aspect must be width:height in whole numbers from 1"),
     (["fit", "--aspect", "abc"], "--aspect must be width:height in whole numbers from 1"),
-    (["fit", "--vram", "8GB", "--arch", "sm1"], "--arch must be a CUDA compute capability such as sm75"),
+    (["fit", "--vram", "8GB", "--arch", "sm1"], "--arch must be a CUDA compute capability such as sm86, sm_89 or 8.9"),
     (["fit", "--gpu", "cpu"], "fit needs a GPU to fit"),
     (["simulate", "--h", "64", "--w", "64", "--attention-slicing", "0"],
      "--attention-slicing must be auto, max or a whole number of heads per slice, 1 or more; got '0'."),
@@ -123,7 +124,7 @@ def test_simulate_gives_the_answer_first_and_the_default_prompt() -> None:
                                  "--steps", "2", "--strength", "1"])
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Fits t4: peak ") and lines[0].endswith("usable (simulated, VAE decoder)")
+    assert lines[0].startswith("Fits t4: needs ") and lines[0].endswith("usable (VAE decoder)")
     assert "Card: NVIDIA Tesla T4 16 GB." in result.stdout
     assert "prompt (the default prompt, 8 tokens): 'a detailed photograph of a landscape'" in result.stdout
     assert "Not modelled" not in result.stdout  # behind --verbose
@@ -144,9 +145,13 @@ def test_simulate_json_to_stdout_is_the_whole_record() -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--gpu", "voodoo5"], "Unknown --gpu 'voodoo5'; known: rtx2060,"),
-    (["--vram", "8XB"], "--vram must be a size such as 8GB, 12GiB or 8192MiB; got '8XB'."),
-    (["--vram", "0"], "--vram must be at least 1 MiB; got '0'."),
+    (["--gpu", "voodoo5"], "Unknown --gpu 'voodoo5'; known: gtx1050ti,"),
+    (["--gpu", "rtx 3090x"], "Unknown --gpu 'rtx 3090x'; did you mean rtx3090, rtx3090ti, rtx5090?"),
+    (["--gpu", ""], "--gpu is empty; give a card's name such as rtx3060"),
+    (["--vram", "8XB"], "--vram must be a size such as 8GB (read as 8 GiB), 12GiB, 8192MiB or 8000MB; got '8XB'."),
+    (["--vram", "0"], "--vram must be from 1 MiB to 1 TiB; got '0'."),
+    (["--vram", "9" * 400 + "GB"], "--vram must be a size such as 8GB"),
+    (["--reserve", "lots"], "--reserve must be a size such as 512MiB, 1GB (read as 1 GiB) or 0; got 'lots'."),
     (["--vram", "8GB", "--arch", "sm1"], "--arch must be a CUDA compute capability"),
     (["--arch", "sm86"], "--arch goes with --vram"),
     (["--gpu", "t4", "--vram", "8GB"], "Give either --gpu or --vram, not both."),

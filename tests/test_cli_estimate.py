@@ -259,6 +259,6 @@ def test_no_calibrated_answer_says_why_and_keeps_the_formula(args: list[str], sa
 def test_calibrated_verdict_on_a_small_card() -> None:
     # fp16 weights alone are 2.0 GiB: a 6 GB card cannot hold a 2048 x 2048 decode (the simulator needs 12 GiB)
     result = run("estimate", "--h", "2048", "--w", "2048", "--tokens", "50", "--gpu", "rtx2060")
-    assert "does NOT fit rtx2060" in " ".join(result.stdout.split())
+    assert "does not fit rtx2060" in " ".join(result.stdout.split())
     bad = run("estimate", "--h", "512", "--w", "512", "--tokens", "50", "--dtype", "float64")
     assert bad.exit_code == 2 and "--dtype" in bad.stderr

@@ -22,7 +22,7 @@ from sdvram.fit import (  # noqa: E402
     size_for,
     with_switches,
 )
-from sdvram.gpus import custom_gpu  # noqa: E402
+from sdvram.gpus import custom_gpu, with_reserve  # noqa: E402
 from sdvram.parallel import WorkerFailed, run_side_by_side  # noqa: E402
 from sdvram.requests import RunRequest, Settings  # noqa: E402
 from sdvram.simulate import SimulateOptions, simulator_for  # noqa: E402
@@ -55,7 +55,7 @@ def test_switches_map_to_settings() -> None:
 
 def test_the_size_found_fits_and_the_next_does_not() -> None:
     """The search's contract, checked with plain simulations (run to the end, not stopped at a failure)."""
-    card = custom_gpu("3GB")
+    card = with_reserve(custom_gpu("3GB"), 0)  # 3 GiB less the CUDA context: 2.33 GiB usable
     request = RunRequest(settings=Settings(steps=10))
     simulator = simulator_for(request, card)
     found = largest(simulator, request, card, (3, 2), (), lambda: None)
@@ -70,10 +70,10 @@ def test_the_size_found_fits_and_the_next_does_not() -> None:
 
 
 def test_fit_on_a_card_too_small_for_the_weights(tmp_path) -> None:
-    """A 1 GB card (0.27 GiB usable after the CUDA context) holds none of SD v1.5's 2.1 GB of weights at once:
-    only sequential offload, one layer at a time, runs."""
+    """A 1 GB card (1 GiB: 0.33 GiB usable after the CUDA context, nothing else on it) holds none of SD v1.5's
+    2.1 GB of weights at once: only sequential offload, one layer at a time, runs."""
     out = tmp_path / "fit.json"
-    result = runner.invoke(app, ["fit", "--vram", "1GB", "--aspect", "4:3", "--json", str(out)])
+    result = runner.invoke(app, ["fit", "--vram", "1GB", "--reserve", "0", "--aspect", "4:3", "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["aspect"] == [4, 3] and data["weights"] > data["capacity"]

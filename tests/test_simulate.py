@@ -131,8 +131,14 @@ def test_a_card_too_small_runs_out_of_memory_in_the_stage_that_overflows(sd15_wi
     assert not fit.fits and fit.failed_stage == "vae_decode"
     assert fit.failed_what == "a cuDNN workspace"
     assert fit.failed_request == 2 * (256 * 2048 * 2048 * 2) + 256 * 256 * 9 * 2 + 147
-    assert fit.capacity == 12_288 * 1024**2 - 721_420_288
+    # the card's 12,288 MiB less the CUDA context and a desktop session's 512 MiB (a consumer card's default)
+    assert fit.capacity == 12_288 * 1024**2 - 721_420_288 - 512 * 1024**2
     assert record.peak_allocated > fit.capacity  # the run goes on to show what it would need
+    # what it was decided on: what the allocator held when the request failed, with the segment it needed (the
+    # request rounded up to 2 MiB: a request of 10 MiB or more gets a segment of its own)
+    segment = -(-fit.failed_request // 2**21) * 2**21
+    assert fit.verdict == "does not fit" and fit.decided_on > fit.capacity and fit.decided_on % 2**21 == 0
+    assert fit.decided_on - segment <= fit.capacity
 
 
 def test_weights_alone_too_large_fail_in_the_load_stage() -> None:

@@ -51,6 +51,8 @@ for family in sd15-txt2img sd15-inpaint sd21-txt2img sdxl-txt2img sdxl-img2img; 
 done
 run python3 tools/gpu_trace.py "$out/families/trace-sdxl-txt2img-fp16-fix.pkl.gz" profile --h 1024 --w 1024 \
     --pipeline sdxl-txt2img --vae fp16-fix --weights random --json "$out/families/sdxl-txt2img-fp16-fix.json"
+# Is fit's boundary the real allocator's? (8 and 12 GB cards emulated with set_per_process_memory_fraction)
+run python3 tools/gpu_boundary.py > "$out/boundary.jsonl"
 run python3 tools/gpu_convs.py > "$out/convs.jsonl"
 run env DTYPE=float32 SKIP_CL=1 python3 tools/gpu_convs.py 512x512 1024x1024 > "$out/convs-fp32.jsonl"
 run env DTYPE=bfloat16 SKIP_CL=1 python3 tools/gpu_convs.py 512x512 1024x1024 > "$out/convs-bf16.jsonl"

@@ -22,8 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("src", "tests", "tools", "docs", "images", "pyproject.toml")
-# The tests that guard the model: measurements (to the byte), convolution tables, calibration
-TESTS = ("tests/test_measurements.py", "tests/test_workspaces.py", "tests/test_calibrated.py")
+# The tests that guard the model: measurements (to the byte), convolution tables, attention against the allocator
+# trace, calibration
+TESTS = ("tests/test_measurements.py", "tests/test_workspaces.py", "tests/test_attention.py",
+         "tests/test_calibrated.py")
 
 
 @dataclass(frozen=True)

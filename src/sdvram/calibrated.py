@@ -41,7 +41,7 @@ FIXED_STAGES = ("load", "text_encoder")  # they run before the image is read: no
 # scheduler tables is on the GPU after loading, and a relative error of a few kilobytes says nothing.
 FLOOR = 2**20
 GUARANTEE = 0.03  # the accuracy promised for the allocated peaks (issue 11), the least margin a verdict keeps
-FITS, DOES_NOT_FIT, TOO_CLOSE = "fits", "does not fit", "too close to tell"
+FITS, TIGHT, DOES_NOT_FIT = "fits", "tight", "does not fit"  # the words of verdicts.py, for every command
 RESERVED = "peak_reserved"  # the run's, fitted as a whole: segments cached in one stage serve the next
 # What is fitted for each setting: every stage's peak allocated, and the run's peak reserved. The run's peak
 # allocated is the largest stage's.
@@ -117,16 +117,23 @@ class Calibrated:
                 "checked_error": {"allocated": self.allocated_error, "reserved": self.reserved_error}}
 
 
-def verdict(answer: Calibrated, capacity: int) -> str:
-    """Does the run fit ``capacity`` bytes (a card's usable memory)? A run whose peak reserved stays within the
-    capacity never meets the limit, so it fits; one whose peak allocated exceeds it cannot. Each figure is taken
-    at its checked error's worst (at least GUARANTEE), and between the two answers there is none: the allocator
-    may make room by releasing cached blocks, and only a simulation can tell."""
-    if answer.peak_reserved * (1 + max(GUARANTEE, answer.reserved_error)) <= capacity:
+def on_card_reserved(answer: Calibrated, capacity: int) -> int:
+    """The peak reserved on a card of ``capacity``: the run's as fitted, but never more than the card has (near
+    its capacity the allocator releases its cached segments instead of asking for more)."""
+    return min(answer.peak_reserved, capacity)
+
+
+def verdict(answer: Calibrated, capacity: int, margin: int = 0) -> str:
+    """Does the run fit ``capacity`` bytes (a card's usable memory), with ``margin`` bytes to spare (the card's
+    margin, ``verdicts.margin_for``)? Each figure is taken at its checked error's worst (at least GUARANTEE):
+    fits when the peak reserved, so taken, leaves the margin free; does not fit when the peak allocated, so taken,
+    exceeds the card; tight in between (within the margin, or too close for the closed form to tell: simulate
+    it). So it never says fits where the simulation fails, nor does not fit where it fits."""
+    if answer.peak_reserved * (1 + max(GUARANTEE, answer.reserved_error)) + margin <= capacity:
         return FITS
     if answer.peak_allocated * (1 - max(GUARANTEE, answer.allocated_error)) > capacity:
         return DOES_NOT_FIT
-    return TOO_CLOSE
+    return TIGHT
 
 
 def relative_error(predicted: float, target: float) -> float:
@@ -174,7 +181,7 @@ def calibrate(height: int, width: int, *, batch: int = 1, dtype: str = "float16"
     entry = next((e for e in entries if sm in e["sms"]), None)
     if entry is None:
         known = ", ".join(f"sm{s}" for s in sorted(s for e in entries for s in e["sms"]))
-        return f"not calibrated for sm{sm} (calibrated: {known}, the compute capabilities of the GPU table)"
+        return f"not calibrated for sm{sm} (calibrated: {known}); simulate it"
     height, width = height - height % VAE_SCALE_FACTOR, width - width % VAE_SCALE_FACTOR
     stages, allocated, reserved = predict(entry["fits"][str(batch)], switch_set, height, width)
     label = f"{dtype} sm{'/'.join(map(str, entry['sms']))} {switch_set}"

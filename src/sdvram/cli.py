@@ -10,6 +10,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -30,6 +31,7 @@ FLAGS = {
     "attention_slicing": "--attention-slicing", "offload": "--offload", "aspect": "--aspect", "sizes": "--sizes",
     "csv": "--csv", "png": "--png", "timeline": "--timeline", "out": "--out", "file": "FILE",
     "pipeline": "--pipeline", "mask": "--mask", "vae": "--vae", "safety_checker": "--safety-checker",
+    "reserve": "--reserve",
 }
 ATTENTION_SLICING = "--attention-slicing"
 SLICE_SIZES = ("auto", "max")
@@ -173,7 +175,11 @@ OffloadOpt = Annotated[Offload, typer.Option(
 VramOpt = Annotated[str | None, typer.Option(
     "--vram", metavar="SIZE", help="A card not in the table: its memory, e.g. 8GB or 12GiB (with --arch).")]
 ArchOpt = Annotated[str | None, typer.Option(
-    "--arch", metavar="smXY", help="With --vram: the card's compute capability [default: sm86].")]
+    "--arch", metavar="smXY", help="With --vram: the card's compute capability, e.g. sm86, sm_89 or 8.9 "
+    "[default: sm86].")]
+ReserveOpt = Annotated[str | None, typer.Option(
+    "--reserve", metavar="SIZE", help="Memory other processes hold on the card (nvidia-smi lists them) "
+    "[default: 512MiB on a desktop or laptop card (a desktop session), 0 on a data-centre card].")]
 TimelineOpt = Annotated[Path | None, typer.Option(
     "--timeline", metavar="PATH",
     help="Plot memory over the run with its stages (.png or .svg; needs the plot extra); the JSON keeps it.")]
@@ -254,6 +260,7 @@ def estimate(
     ] = None,
     vram: VramOpt = None,
     arch: ArchOpt = None,
+    reserve: ReserveOpt = None,
     dtype: Annotated[DType, typer.Option("--dtype", case_sensitive=False,
                                          help="The calibrated column's dtype.")] = DType.float16,
     vae_tiling: VaeTilingOpt = False,
@@ -271,7 +278,7 @@ def estimate(
     from sdvram.report import estimate_table, to_json
 
     with failures():
-        target = _target(gpu, vram, arch)
+        target = _target(gpu, vram, arch, reserve)
         with reserved((json_path, "JSON document", "json")) as pendings:
             result = run_estimate(_size(height, "height"), _size(width, "width"),
                                   None if tokens is None else parse_tokens(tokens), image=_image(image, image_opt),
@@ -367,6 +374,7 @@ def simulate(
         f"measures) [default: {DEFAULT_GPU}].")] = None,
     vram: VramOpt = None,
     arch: ArchOpt = None,
+    reserve: ReserveOpt = None,
     dtype: DTypeOpt = None,
     architecture: ArchitectureOpt = Architecture.full,
     pipeline: PipelineOpt = "sd15-img2img",
@@ -396,7 +404,7 @@ def simulate(
     allocator, cuDNN/cuBLAS workspaces and the attention kernels of the card modelled."""
     with failures():
         _require_profile_extra()
-        target = _target(gpu, vram, arch)
+        target = _target(gpu, vram, arch, reserve)
         settings = _settings(pipeline, steps, strength, guidance, batch, "0", safety_checker, vae_tiling,
                              vae_slicing, attention_slicing, offload)
         request = _run_request(_image(image, image_opt), height, width, prompt, dtype, architecture, settings,
@@ -424,6 +432,7 @@ def fit(
         "--gpu", metavar="NAME", help=f"The card: {', '.join(GPUS)} [default: {DEFAULT_GPU}].")] = None,
     vram: VramOpt = None,
     arch: ArchOpt = None,
+    reserve: ReserveOpt = None,
     dtype: DTypeOpt = None,
     pipeline: PipelineOpt = "sd15-img2img",
     vae: VaeOpt = None,
@@ -439,7 +448,7 @@ def fit(
     memory-saving switches (a search of simulated runs, sides in multiples of 8)."""
     with failures():
         _require_profile_extra()
-        target = _target(gpu, vram, arch)
+        target = _target(gpu, vram, arch, reserve)
         if not target.is_cuda:
             from sdvram.errors import InputError
 
@@ -452,9 +461,12 @@ def fit(
         resolve(request)  # the settings checked before the search
         _load_libraries()
         from sdvram.fit import fit as run_fit
+        from sdvram.fit import image_verdict
         from sdvram.report import fit_table, to_json
         with reserved((json_path, "JSON document", "json")) as pendings, search_progress() as progress:
             result = run_fit(request, target, shape, progress)
+            if image is not None:
+                result.image = image_verdict(replace(request, image=image, height=None, width=None), target)
         document = to_json(result.to_json()) + "\n"
         if json_path == STDOUT:
             sys.stdout.write(document)
@@ -474,6 +486,7 @@ def sweep(
     ] = None,
     vram: VramOpt = None,
     arch: ArchOpt = None,
+    reserve: ReserveOpt = None,
     dtype: DTypeOpt = None,
     pipeline: PipelineOpt = "sd15-img2img",
     vae: VaeOpt = None,
@@ -497,14 +510,16 @@ def sweep(
     CSV, JSON and a plot on request."""
     with failures():
         _require_profile_extra()
-        from sdvram.gpus import find_gpu
         from sdvram.inputs import parse_sizes
 
         sides = parse_sizes(sizes)
         shape = _aspect(None, aspect)
-        cards = [_target(None, vram, arch)] if vram is not None or arch is not None else []
+        if vram is not None and gpu:
+            from sdvram.errors import InputError
 
-        cards += [find_gpu(name) for name in (gpu or ([] if cards else [DEFAULT_GPU]))]
+            raise InputError("Give either --gpu (as often as wanted) or --vram, not both.")
+        cards = [_target(None, vram, arch, reserve)] if vram is not None or arch is not None else \
+            [_target(name, None, None, reserve) for name in (gpu or [DEFAULT_GPU])]
         settings = _settings(pipeline, steps, strength, guidance, batch, "0", safety_checker, vae_tiling,
                              vae_slicing, attention_slicing, offload)
         from sdvram.engine import resolve
@@ -637,17 +652,18 @@ def _aspect(image: Path | None, aspect: str | None) -> tuple[int, int]:
     return width // common, height // common
 
 
-def _target(gpu: str | None, vram: str | None, arch: str | None) -> Any:
+def _target(gpu: str | None, vram: str | None, arch: str | None, reserve: str | None = None) -> Any:
     from sdvram.errors import InputError
-    from sdvram.gpus import DEFAULT_GPU, custom_gpu, find_gpu
+    from sdvram.gpus import DEFAULT_GPU, custom_gpu, find_gpu, parse_reserve, with_reserve
 
+    held = None if reserve is None else parse_reserve(reserve)
     if vram is not None:
         if gpu is not None:
             raise InputError("Give either --gpu or --vram, not both.")
-        return custom_gpu(vram, arch)
+        return with_reserve(custom_gpu(vram, arch), held)
     if arch is not None:
         raise InputError("--arch goes with --vram (a card not in the table); a --gpu from the table has its own.")
-    return find_gpu(gpu or DEFAULT_GPU)
+    return with_reserve(find_gpu(DEFAULT_GPU if gpu is None else gpu), held)
 
 
 def _require_profile_extra() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sdvram.architecture import CLIP_MAX_TOKENS
-from sdvram.calibrated import Calibrated, calibrate, verdict
+from sdvram.calibrated import Calibrated, calibrate, on_card_reserved, verdict
 from sdvram.errors import InputError
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR, SeedEstimate, seed_estimate
 from sdvram.gpus import GpuSpec
@@ -48,20 +48,39 @@ class Estimate:
         return self.family.seed_formula
 
     @property
-    def nvidia_smi(self) -> int | None:
-        """The calibrated peak reserved plus the CUDA context: what nvidia-smi would show for the process."""
+    def reserved(self) -> int | None:
+        """The calibrated peak reserved on the card: never more than the card's usable memory."""
         if not isinstance(self.calibrated, Calibrated) or self.gpu is None:
             return None
-        return self.calibrated.peak_reserved + self.gpu.context
+        capacity = self.gpu.capacity
+        return self.calibrated.peak_reserved if capacity is None else on_card_reserved(self.calibrated, capacity)
+
+    @property
+    def nvidia_smi(self) -> int | None:
+        """The calibrated peak reserved on the card plus the CUDA context: what nvidia-smi would show for the
+        process."""
+        reserved = self.reserved
+        if reserved is None or self.gpu is None:
+            return None
+        return reserved + self.gpu.context
+
+    @property
+    def margin(self) -> int | None:
+        """The card's margin for this run (``verdicts.margin_for``), in bytes."""
+        if not isinstance(self.calibrated, Calibrated) or self.gpu is None:
+            return None
+        from sdvram.verdicts import margin_for
+
+        return margin_for(self.gpu).of(self.calibrated.peak_reserved)
 
     @property
     def verdict(self) -> str | None:
-        """``calibrated.verdict`` on the card: fits, does not fit, or too close to tell (None: no calibrated
+        """``calibrated.verdict`` on the card with its margin: fits, tight or does not fit (None: no calibrated
         answer, or a card without a capacity)."""
         capacity = self.gpu.capacity if self.gpu is not None else None
-        if not isinstance(self.calibrated, Calibrated) or capacity is None:
+        if not isinstance(self.calibrated, Calibrated) or capacity is None or self.margin is None:
             return None
-        return verdict(self.calibrated, capacity)
+        return verdict(self.calibrated, capacity, self.margin)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document of ``sdvram estimate --json`` (and a record's ``formula``): inputs, then every
@@ -98,8 +117,9 @@ class Estimate:
         if not isinstance(self.calibrated, Calibrated):
             return {**settings, "unavailable": self.calibrated}
         figures = self.calibrated.to_json()
-        figures["bytes"].update(context=self.gpu.context, predicted_nvidia_smi=self.nvidia_smi,
-                                capacity=self.gpu.capacity)
+        figures["bytes"].update(peak_reserved=self.reserved, context=self.gpu.context,
+                                predicted_nvidia_smi=self.nvidia_smi, capacity=self.gpu.capacity,
+                                held_by_others=self.gpu.held_by_others, margin=self.margin)
         return {**settings, **figures, "verdict": self.verdict}
 
 

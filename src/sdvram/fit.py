@@ -84,13 +84,25 @@ class FitResult:
     request: RunRequest
     options: list[Option]
     weights: int  # bytes the weights take on the card when they are all resident
+    image: dict[str, Any] | None = None  # fit IMAGE: the image's own size with no switches, and its verdict
 
     def to_json(self) -> dict[str, Any]:
         settings = self.request.settings
         return {"gpu": self.gpu.key, "gpu_name": self.gpu.name, "capacity": self.gpu.capacity,
                 "card_memory": self.gpu.memory, "aspect": list(self.aspect), "batch": settings.batch,
                 "dtype": self.request.resolved_dtype(True).value, "safety_checker": settings.safety_checker,
-                "weights": self.weights, "options": [o.to_json() for o in self.options]}
+                "pipeline": self.request.pipeline, "weights": self.weights, "image": self.image,
+                "options": [o.to_json() for o in self.options]}
+
+
+def image_verdict(request: RunRequest, gpu: GpuSpec) -> dict[str, Any]:
+    """The verdict for ``request`` (an image at its own size) with no switches, as ``simulate`` gives it: the
+    first line of ``fit IMAGE`` uses the same words for the same run."""
+    record = simulator_for(request, gpu).run(request, SimulateOptions(gpu))
+    fit = record.simulation.fit if record.simulation is not None else None
+    assert fit is not None
+    return {"width": record.inputs.pipeline_width, "height": record.inputs.pipeline_height, "verdict": fit.verdict,
+            "decided_on": fit.decided_on, "capacity": fit.capacity}
 
 
 def shape(long_side: int, aspect: tuple[int, int]) -> tuple[int, int]:
@@ -239,10 +251,10 @@ def advise(request: RunRequest, gpu: GpuSpec) -> list[Option]:
 
 
 def simulate_with_advice(request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
-    """``simulate``; when the run does not fit the card, the record's ``simulation.advice`` lists each useful
-    combination of switches at the same size, cheapest first, and whether it fits."""
+    """``simulate``; when the run does not fit the card, or is tight on it, the record's ``simulation.advice`` lists
+    each useful combination of switches at the same size, cheapest first, and whether it fits."""
     record = simulator_for(request, options.gpu).run(request, options, progress)
     sim = record.simulation
-    if sim is not None and sim.fit is not None and not sim.fit.fits:
+    if sim is not None and sim.fit is not None and sim.fit.verdict != "fits":  # tight too: what makes room
         sim.advice = [o.to_json() for o in advise(request, options.gpu)]
     return record

@@ -90,19 +90,26 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class Fit:
-    """Does the run fit the card: the allocator model run with the card's usable memory."""
+    """Does the run fit the card: the allocator model run with the card's usable memory, and the verdict in three
+    words (``verdicts.py``) with the figure it was decided on and the margin."""
 
-    verdict: str  # "fits" or "out of memory"
-    capacity: int  # bytes the caching allocator may take: the card's memory less the CUDA context
+    verdict: str  # "fits", "tight" or "does not fit"
+    capacity: int  # bytes the caching allocator may take: the card's memory less the context and what others hold
     card_memory: int
     context: int
     failed_stage: str | None = None  # where the allocation that did not fit was made
     failed_request: int | None = None  # its bytes
     failed_what: str | None = None  # the tensor or workspace it was for
+    decided_on: int = 0  # the peak reserved when it fits; what the allocator had to hold when the request failed
+    margin: dict[str, Any] | None = None  # ``Margin.to_json``: bytes, band, its source, context uncertainty
+    held_by_others: int = 0  # bytes other processes hold on the card (--reserve)
+    allocated_at_failure: int | None = None  # what live blocks held when the request failed
+    fragmented: bool | None = None  # the request failed though allocated + request fit the card
+    expandable: str | None = None  # the verdict estimated for PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
     @property
     def fits(self) -> bool:
-        return self.verdict == "fits"
+        return self.verdict != "does not fit"
 
 
 @dataclass

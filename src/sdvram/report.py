@@ -7,6 +7,7 @@ Tables are laid out for 80 columns: numeric cells carry no unit, the column head
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sdvram.calibrated import DOES_NOT_FIT, FITS, Calibrated
+from sdvram.calibrated import DOES_NOT_FIT, FITS, TIGHT, Calibrated
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
 from sdvram.pipelines import find_family
@@ -113,7 +114,9 @@ def estimate_table(result: Estimate, units: Units) -> Group:
     row("total", seed.total, cal.peak_allocated if cal is not None else None,
         ["calibrated: peak allocated"] if cal is not None else [], "bold")
     if cal is not None and result.gpu is not None and result.nvidia_smi is not None:
-        row("peak reserved", None, cal.peak_reserved, ["torch.cuda.max_memory_reserved"])
+        capped = result.reserved is not None and result.reserved < cal.peak_reserved
+        row("peak reserved", None, result.reserved, ["torch.cuda.max_memory_reserved"
+                                                     + (", on the card (its cache released)" if capped else "")])
         row("nvidia-smi", None, result.nvidia_smi,
             [f"reserved + CUDA context ({format_bytes(result.gpu.context, units)})"])
     lines.append(table)
@@ -123,6 +126,8 @@ def estimate_table(result: Estimate, units: Units) -> Group:
             "calibrated: each stage's peak allocated, weights included: the simulator's closed form. Checked "
             f"against `sdvram simulate` on sizes it was not fitted on: allocated within {cal.allocated_error:.1%}, "
             f"reserved within {cal.reserved_error:.1%}"
+            + (" (of the run's need; on the card the allocator releases its cache: shown capped)"
+               if result.reserved is not None and result.reserved < cal.peak_reserved else "")
             + (" (this size is outside the 64 to 4096 px fitted: extrapolated)." if cal.extrapolated else "."),
             style="italic"))
     return Group(*lines)
@@ -138,27 +143,69 @@ def calibrated_line(result: Estimate, units: Units) -> Text:
     if result.verdict is None:
         return Text(text, style="bold")
     style = {FITS: "bold green", DOES_NOT_FIT: "bold red"}.get(result.verdict, "bold yellow")
-    said = {FITS: f"fits {gpu.key}", DOES_NOT_FIT: f"does NOT fit {gpu.key}"}.get(
-        result.verdict, f"too close to {gpu.key}'s usable memory to tell: simulate it")
+    said = {FITS: f"fits {gpu.key}", DOES_NOT_FIT: f"does not fit {gpu.key}"}.get(
+        result.verdict, f"tight on {gpu.key} (within the margin: simulate it)")
     return Text(f"{text}: {said}", style=style)
 
 
 def answer_line(record: Record, units: Units) -> Text:
-    """The first line: the peak, and for a simulated card whether it fits (kept under 80 columns)."""
+    """The first line: the verdict on the card in its three words, with the memory it was decided on (kept under
+    80 columns); without a card, the peak."""
     stage = label(record.peak_stage)
     where = "simulated" if record.kind == "simulate" else "measured"
     peak = format_bytes(record.peak_allocated, units)
     sim = record.simulation
     if sim is not None and sim.fit is not None:
-        usable = format_bytes(sim.fit.capacity, units)
-        if sim.fit.fits:
-            return Text(f"Fits {sim.gpu}: peak {peak} of {usable} usable ({where}, {stage})", style="bold green")
-        return Text(f"Does NOT fit {sim.gpu}: needs {peak}, {usable} usable ({label(sim.fit.failed_stage)})",
+        fit = sim.fit
+        card = sim.gpu if sim.gpu != "custom" else sim.gpu_name
+        usable, need = format_bytes(fit.capacity, units), format_bytes(fit.decided_on, units)
+        if fit.verdict == FITS:
+            return Text(f"Fits {card}: needs {need} of {usable} usable ({stage})", style="bold green")
+        if fit.verdict == TIGHT:
+            spare = format_bytes(fit.capacity - fit.decided_on, units)
+            return Text(f"Tight on {card}: needs {need} of {usable} usable, {spare} spare", style="bold yellow")
+        return Text(f"Does not fit {card}: needs {need}, {usable} usable ({label(fit.failed_stage)})",
                     style="bold red")
     if record.status == "out_of_memory":
         return Text(f"Out of memory in the {label(record.failed_stage)} stage: {peak} allocated at the peak so far",
                     style="bold red")
     return Text(f"Peak {peak} allocated ({where}, {stage})", style="bold")
+
+
+def verdict_lines(record: Record, units: Units) -> list[Text]:
+    """Why the verdict is what it is: the figure it was decided on, the margin and where it comes from, what the
+    card's memory went to, and for a run that fails with allocated memory below the card, why."""
+    sim = record.simulation
+    fit = sim.fit if sim is not None else None
+    if sim is None or fit is None:
+        return []
+    margin = fit.margin or {}
+    gib = functools.partial(format_bytes, units=units)
+    lines = [Text(f"Usable: {gib(fit.card_memory)} on the card, less the CUDA context ({gib(fit.context)}) and "
+                  f"what other processes hold ({gib(fit.held_by_others)}, --reserve): {gib(fit.capacity)}.")]
+    if fit.fits:
+        lines.append(Text(
+            f"Decided on the peak reserved on the card, {gib(fit.decided_on)} (torch.cuda.max_memory_reserved): "
+            f"{gib(fit.capacity - fit.decided_on)} to spare; the margin is {gib(margin.get('bytes', 0))}: "
+            f"{margin.get('band', 0):.1%} ({margin.get('band_source', '')}) plus "
+            f"{gib(margin.get('context_uncertainty', 0))} for the CUDA context."))
+        if fit.verdict == TIGHT:
+            lines.append(Text("Tight: it fits in the simulation by less than the margin; a switch below makes room.",
+                              style="yellow"))
+        return lines
+    lines.append(Text(
+        f"Decided on what the allocator had to hold when a request could not be met: {gib(fit.decided_on)} "
+        f"reserved with the segment it needed, of {gib(fit.capacity)} usable."))
+    if fit.fragmented:
+        lines.append(Text(
+            f"Only {gib(fit.allocated_at_failure or 0)} was allocated then: a request of "
+            f"{gib(fit.failed_request or 0)} could not be placed because the free memory was in cached blocks too "
+            "small for it (fragmentation).", style="red"))
+    if fit.expandable is not None:
+        lines.append(Text(
+            f"With PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (PyTorch's cure for fragmentation), estimated from "
+            f"the peak allocated: {fit.expandable}."))
+    return lines
 
 
 def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
@@ -279,10 +326,10 @@ def _simulation_lines(record: Record, units: Units, verbose: bool) -> list[Text 
             f"(torch.cuda.max_memory_reserved); nvidia-smi for this process "
             f"{format_bytes(record.predicted_nvidia_smi or 0, units)} (reserved + the CUDA context of "
             f"{format_bytes(sim.context or 0, units)})."))
+    lines += verdict_lines(record, units)
     if sim.fit is not None and not sim.fit.fits:
         fit = sim.fit
-        lines.append(Text(f"On the {sim.gpu_name} ({format_bytes(fit.capacity, units)} usable of "
-                          f"{format_bytes(fit.card_memory, units)}) the first request that would not fit is "
+        lines.append(Text(f"On the {sim.gpu_name} the first request that would not fit is "
                           f"{fit.failed_what} ({format_bytes(fit.failed_request or 0, units)}) in the "
                           f"{label(fit.failed_stage)} stage.", style="red"))
     if sim.advice is not None:
@@ -347,8 +394,16 @@ def fit_table(result: Any, units: Units) -> Group:
                       + (" (slow)" if best["slow"] else ""), style="bold")
     else:
         answer = Text(f"Nothing fits the {data['gpu_name']}, with any switches.", style="bold red")
-    heading = Text(f"Simulated, SD v1.5 img2img: aspect {w}:{h}, batch {data['batch']}, {data['dtype']}, safety "
-                   f"checker {'on' if data['safety_checker'] else 'off'}\ncard: {data['gpu_name']}, "
+    own = data.get("image")
+    if own is not None:  # the image's own size first, in the words simulate uses for the same run
+        word = {"fits": "fits", "tight": "is tight on", "does not fit": "does not fit"}[own["verdict"]]
+        answer = Text(f"{own['width']} x {own['height']} {word} {data['gpu']} with no switches (needs "
+                      f"{format_bytes(own['decided_on'], units)} of {format_bytes(own['capacity'], units)} usable)\n",
+                      style={"fits": "bold green", "tight": "bold yellow"}.get(own["verdict"], "bold red")) + answer
+    family = find_family(data.get("pipeline", "sd15-img2img"))
+    heading = Text(f"Simulated, {family.title}: aspect {w}:{h}, batch {data['batch']}, {data['dtype']}"
+                   + (f", safety checker {'on' if data['safety_checker'] else 'off'}" if family.has_safety_checker
+                      else "") + f"\ncard: {data['gpu_name']}, "
                    f"{format_bytes(data['capacity'], units)} usable of {format_bytes(data['card_memory'], units)}",
                    style="italic")
     table = Table(box=box.SIMPLE_HEAD, caption=f"figures in {unit_label(units)}; 8 px more on the long side does "
@@ -400,9 +455,9 @@ def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
         table.add_column("peak allocated", justify="right")
         table.add_column("peak reserved", justify="right")
         table.add_column("peak in")
-        table.add_column("fits", justify="center")
+        table.add_column("verdict", justify="center")
         for row in rows:
-            fits = "" if row["fits"] is None else ("yes" if row["fits"] else "no")
+            fits = row.get("verdict") or ("" if row["fits"] is None else ("fits" if row["fits"] else "does not fit"))
             stage = SHORT_STAGE.get(row["peak_stage"], label(row["peak_stage"]))
             cells = [f"{row['width']} x {row['height']}", f"{row['megapixels']:.2f}"]
             cells += [format_number(row["formula_total"], units)] if formula else []

@@ -41,7 +41,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 from sdvram.accounting import Accountant, LiveBytes
-from sdvram.allocator import AllocatorAccountant, CachingAllocator
+from sdvram.allocator import AllocatorAccountant, AllocatorOutOfMemory, CachingAllocator
 from sdvram.attention import (
     CPU_FLASH,
     CUDNN,
@@ -83,6 +83,7 @@ from sdvram.pipelines import IMAGE_AND_MASK, Family, find_family
 from sdvram.record import Fit, Record, Simulation
 from sdvram.requests import RunRequest, Settings
 from sdvram.stages import label
+from sdvram.verdicts import DOES_NOT_FIT, judge, margin_for
 from sdvram.workspaces import Conv, conv_workspace, cublas_workspaces
 
 EXPLAIN_TENSORS = 4  # largest tensors shown per group
@@ -225,7 +226,8 @@ class Simulator:
             attention_calls=attention.summary(), peak_requested=recorder.peak_requested,
             context=gpu.context if gpu.is_cuda else None, context_source=gpu.context_source if gpu.is_cuda else None,
             workspaces=libraries.largest if libraries is not None else {},
-            assumptions=gpu.assumptions(), fit=_fit(gpu, meter),
+            assumptions=gpu.assumptions(),
+            fit=_fit(gpu, meter, recorder.peak_allocated, recorder.peak_reserved),
             explain={name: explain(s) for name, s in recorder.snapshots.items()} if options.explain else None,
         )
         if meter.series is not None:
@@ -793,15 +795,34 @@ class AttentionModel:
         ]
 
 
-def _fit(gpu: GpuSpec, meter: LiveTensorMeter) -> Fit | None:
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one segment per pool that grows by mapping pages, kLargeBuffer
+# (20 MiB) for the large pool and kSmallBuffer (2 MiB) for the small (CUDACachingAllocator.cpp, ExpandableSegment):
+# free pages between blocks are unmapped before an out-of-memory error, so what the run needs is close to its peak
+# allocated, a partly used page per pool more. An estimate from the peak, not a simulation of that allocator.
+EXPANDABLE_PAGES = 20 * 2**20 + 2 * 2**20
+
+
+def _fit(gpu: GpuSpec, meter: LiveTensorMeter, peak_allocated: int, peak_reserved: int | None) -> Fit | None:
     """The verdict of the allocator model run with the card's capacity (None for the CPU target)."""
     if not gpu.is_cuda or gpu.memory is None or gpu.capacity is None:
         return None
+    margin = margin_for(gpu)
+    large = 20 * 2**20
+    expandable_need = -(-peak_allocated // large) * large + EXPANDABLE_PAGES - large
+    expandable = judge(expandable_need <= gpu.capacity, expandable_need, gpu.capacity, margin)
+    common: dict[str, Any] = {"capacity": gpu.capacity, "card_memory": gpu.memory, "context": gpu.context,
+                              "held_by_others": gpu.held_by_others, "expandable": expandable}
     failure = meter.failure
     if failure is None:
-        return Fit("fits", gpu.capacity, gpu.memory, gpu.context)
-    return Fit("out of memory", gpu.capacity, gpu.memory, gpu.context, failed_stage=str(failure.context),
-               failed_request=failure.allocation.size, failed_what=describe(failure.allocation))
+        need = peak_reserved or peak_allocated
+        return Fit(judge(True, need, gpu.capacity, margin), decided_on=need, margin=margin.to_json(need), **common)
+    error = failure.error
+    assert isinstance(error, AllocatorOutOfMemory)
+    need = error.reserved + error.segment  # what the allocator held, and the segment it could not add
+    return Fit(DOES_NOT_FIT, failed_stage=str(failure.context), failed_request=failure.allocation.size,
+               failed_what=describe(failure.allocation), decided_on=need, margin=margin.to_json(need),
+               allocated_at_failure=error.allocated, fragmented=error.allocated + error.request <= gpu.capacity,
+               **common)
 
 
 def describe(allocation: Allocation) -> str:

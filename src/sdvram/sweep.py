@@ -35,6 +35,7 @@ class SweepRow:
     nvidia_smi: int | None
     peak_stage: str | None
     fits: bool | None  # None: the CPU target has no capacity
+    verdict: str | None  # fits, tight or does not fit (verdicts.py); None for the CPU target
     capacity: int | None
     formula_total: int | None  # the seed formula's total (None: it does not apply to the pipeline)
 
@@ -49,13 +50,15 @@ class SweepRow:
         return cls(gpu.key, gpu.name, record.inputs.pipeline_width, record.inputs.pipeline_height,
                    {s.name: s.peak_allocated for s in record.stages}, record.peak_allocated, record.peak_reserved,
                    record.predicted_nvidia_smi, record.peak_stage, fit.fits if fit is not None else None,
-                   gpu.capacity, record.formula["bytes"]["total"] if record.seed_formula_applies else None)
+                   fit.verdict if fit is not None else None, gpu.capacity,
+                   record.formula["bytes"]["total"] if record.seed_formula_applies else None)
 
     def to_json(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "gpu_name": self.gpu_name, "width": self.width, "height": self.height,
                 "megapixels": round(self.megapixels, 6), "stages": self.stages, "peak_allocated": self.peak_allocated,
                 "peak_reserved": self.peak_reserved, "predicted_nvidia_smi": self.nvidia_smi,
-                "peak_stage": self.peak_stage, "fits": self.fits, "capacity": self.capacity,
+                "peak_stage": self.peak_stage, "fits": self.fits, "verdict": self.verdict,
+                "capacity": self.capacity,
                 "formula_total": self.formula_total}
 
 
@@ -87,11 +90,11 @@ class SweepResult:
         names = self.stage_names
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["gpu", "width", "height", "megapixels", "fits", "peak_allocated", "peak_reserved",
+        writer.writerow(["gpu", "width", "height", "megapixels", "fits", "verdict", "peak_allocated", "peak_reserved",
                          "predicted_nvidia_smi", "peak_stage", "formula_total", *[f"peak_{n}" for n in names]])
         for row in self.rows:
             writer.writerow([row.gpu, row.width, row.height, f"{row.megapixels:.6f}",
-                             "" if row.fits is None else str(row.fits).lower(), row.peak_allocated,
+                             "" if row.fits is None else str(row.fits).lower(), row.verdict or "", row.peak_allocated,
                              "" if row.peak_reserved is None else row.peak_reserved,
                              "" if row.nvidia_smi is None else row.nvidia_smi, row.peak_stage or "",
                              "" if row.formula_total is None else row.formula_total,

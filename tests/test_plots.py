@@ -141,7 +141,7 @@ def test_timeline_and_plot_commands_write_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["plot", "missing.json"], "error: FILE 'missing.json' does not exist."),
+    (["plot", "missing.json"], "error: FILE 'missing.json': no such file."),
     (["plot", str(IMAGES / "prompts.toml")], "is not a JSON document"),
     (["sweep", "--sizes", "500"], "--sizes must be multiples of 8 pixels"),
     (["sweep", "--sizes", "0:512:8"], "--sizes must be START:STOP:STEP or a comma-separated list"),

@@ -5,7 +5,6 @@ The library names parameters (``height``); ``FLAGS`` spells them as this interfa
 """
 
 
-import json
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +18,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from sdvram.choices import Architecture, DType, Kernel, Offload, Units, Weights
-from sdvram.errors import Interrupted, OutOfMemoryError, SdvramError, WriteError
+from sdvram.errors import HostOutOfMemory, Interrupted, OutOfMemoryError, SdvramError, Terminated, WriteError
+from sdvram.extras import TERMINATED
 from sdvram.gpus import DEFAULT_GPU, GPUS
 
 FLAGS = {
@@ -56,19 +56,89 @@ class SdvramGroup(TyperGroup):
         from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
         argv = optional_values(list(sys.argv[1:] if args is None else args))
+        WRITTEN.clear()
+        TERMINATED.clear()
+        previous = _on_sigterm()
         try:
             code = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
+            _flush_stdout()
         except NoArgsIsHelpError as exc:
             say(exc.ctx.get_help() if exc.ctx else str(exc))
             sys.exit(0)
         except ClickException as exc:
             say(f"error: {exc.format_message()}")
             sys.exit(exc.exit_code)
-        except (typer.Abort, KeyboardInterrupt):
+        except (typer.Abort, KeyboardInterrupt):  # click turns both Ctrl-C and SIGTERM (Terminated) into Abort
             code = Interrupted.exit_code
-        if code == Interrupted.exit_code:  # typer turns Ctrl-C into this exit code
-            say(f"error: {Interrupted()}")
+        except OSError as exc:  # standard output could not take the result: a full disk, a closed pipe
+            code = _stdout_failed(exc)
+        except MemoryError:
+            code = _host_out_of_memory()
+        except RuntimeError as exc:  # std::bad_alloc, the CPU allocator, a fit worker that died of it
+            from sdvram.extras import host_out_of_memory
+
+            if not host_out_of_memory(exc):
+                raise
+            code = _host_out_of_memory()
+        finally:
+            _restore_sigterm(previous)
+        if code == Interrupted.exit_code and TERMINATED:
+            code = 143
+        if code in (Interrupted.exit_code, 143):  # typer turns Ctrl-C into 130
+            say(f"error: {Interrupted(list(WRITTEN), 'interrupted' if code == 130 else 'terminated (SIGTERM)')}")
         sys.exit(code if isinstance(code, int) else 0)
+
+
+WRITTEN: list[str] = []  # the outputs written so far by this command, for the sentence of an interruption
+
+
+def _on_sigterm() -> Any:
+    """SIGTERM raises Terminated where the program is (as Ctrl-C raises KeyboardInterrupt): the same clean-up runs
+    (temporary files removed, workers ended) and the exit is 143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: Any) -> None:
+        TERMINATED.append(signum)
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _flush_stdout() -> None:
+    """Flush what was printed while the error can still be reported (a full disk shows only at the flush)."""
+    sys.stdout.flush()
+
+
+def _stdout_failed(exc: OSError) -> int:
+    """The output could not be written to standard output: one sentence, exit 6; standard output is then pointed
+    at /dev/null so that Python's own flush at exit does not fail again with a traceback."""
+    import os
+
+    reason = exc.strerror or str(exc)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    say(f"error: Could not write the result to standard output ({reason}).")
+    return WriteError.exit_code
+
+
+def _host_out_of_memory() -> int:
+    say("error: This machine ran out of memory (the host's RAM, not the GPU's); close other programs, or try a "
+        "smaller image or batch.")
+    return HostOutOfMemory.exit_code
 
 
 def optional_values(argv: list[str]) -> list[str]:
@@ -106,11 +176,19 @@ def fail(error: SdvramError) -> NoReturn:
 
 @contextmanager
 def failures() -> Iterator[None]:
-    """Turn sdvram's errors into their sentence and exit code."""
+    """Turn sdvram's errors into their sentence and exit code; the host running out of memory (an import, a
+    decode, a simulation, a search's worker) into exit 5."""
     try:
         yield
     except SdvramError as error:
         fail(error)
+    except (MemoryError, RuntimeError) as exc:
+        from sdvram.extras import host_out_of_memory
+
+        if not host_out_of_memory(exc):
+            raise
+        fail(HostOutOfMemory("This machine ran out of memory (the host's RAM, not the GPU's); close other programs, "
+                             "or try a smaller image or batch."))
 
 
 def _version(value: bool) -> None:
@@ -244,7 +322,7 @@ def _run_request(image: Path | None, height: str | None, width: str | None, prom
                       pipeline=find_family(pipeline).name, mask=mask, vae=vae)
 
 
-@app.command()
+@app.command(short_help="The seed formula and the calibrated answer, instantly (no torch).")
 def estimate(
     image: ImageArg = None,
     image_opt: ImageOpt = None,
@@ -285,17 +363,17 @@ def estimate(
                                   prompt=prompt, batch=parse_batch(batch), safety_checker=safety_checker,
                                   gpu=target, dtype=dtype.value, vae_tiling=vae_tiling, vae_slicing=vae_slicing,
                                   attention_slicing=attention_slicing, offload=offload.value, pipeline=pipeline)
-        document = to_json(result.to_json()) + "\n"
-        if json_path == STDOUT:
-            sys.stdout.write(document)
-            return
-        out.print(estimate_table(result, units))
-        for note in result.notes:
-            say(f"note: {note}")
-        _deliver_files(pendings, {"json": lambda p: p.commit_text(document)})
+            document = to_json(result.to_json()) + "\n"
+            if json_path == STDOUT:
+                sys.stdout.write(document)
+                return
+            out.print(estimate_table(result, units))
+            for note in result.notes:
+                say(f"note: {note}")
+            _deliver_files(pendings, {"json": lambda p: p.commit_text(document)})
 
 
-@app.command()
+@app.command(short_help="Measure the real pipeline on a GPU, stage by stage.")
 def profile(
     image: ImageArg = None,
     image_opt: ImageOpt = None,
@@ -362,7 +440,7 @@ def profile(
         _run_and_deliver("profile", request, options, json_path, save_image, units, verbose, timeline)
 
 
-@app.command()
+@app.command(short_help="Predict a card's memory, stage by stage, without a GPU.")
 def simulate(
     image: ImageArg = None,
     image_opt: ImageOpt = None,
@@ -414,15 +492,14 @@ def simulate(
 
         check_switches_on_device(settings, "cuda" if target.is_cuda else "cpu")
         resolve(request)
-        _load_libraries()
-        from sdvram.simulate import SimulateOptions
+        from sdvram.requests import SimulateOptions
 
         # a timeline names what is alive at its peak: the explain snapshots are kept for it
         options = SimulateOptions(target, attention, explain or timeline is not None, timeline=timeline is not None)
         _run_and_deliver("simulate", request, options, json_path, None, units, verbose, timeline, explain)
 
 
-@app.command()
+@app.command(short_help="The largest image that fits a card, with each set of switches.")
 def fit(
     image: Annotated[Path | None, typer.Argument(
         metavar="[IMAGE]", help="Take the aspect ratio from this image; or give --aspect.", show_default=False)] = None,
@@ -459,23 +536,25 @@ def fit(
 
         request = _run_request(None, "512", "512", None, dtype, Architecture.full, settings, pipeline, vae=vae)
         resolve(request)  # the settings checked before the search
-        _load_libraries()
-        from sdvram.fit import fit as run_fit
-        from sdvram.fit import image_verdict
-        from sdvram.report import fit_table, to_json
-        with reserved((json_path, "JSON document", "json")) as pendings, search_progress() as progress:
-            result = run_fit(request, target, shape, progress)
-            if image is not None:
-                result.image = image_verdict(replace(request, image=image, height=None, width=None), target)
-        document = to_json(result.to_json()) + "\n"
-        if json_path == STDOUT:
-            sys.stdout.write(document)
-            return
-        out.print(fit_table(result, units))
-        _deliver_files(pendings, {"json": lambda p: p.commit_text(document)})
+        with reserved((json_path, "JSON document", "json")) as pendings:
+            _load_libraries()
+            from sdvram.fit import fit as run_fit
+            from sdvram.fit import image_verdict
+            from sdvram.report import fit_table, to_json
+
+            with search_progress() as progress:
+                result = run_fit(request, target, shape, progress)
+                if image is not None:
+                    result.image = image_verdict(replace(request, image=image, height=None, width=None), target)
+            document = to_json(result.to_json()) + "\n"
+            if json_path == STDOUT:
+                sys.stdout.write(document)
+                return
+            out.print(fit_table(result, units))
+            _deliver_files(pendings, {"json": lambda p: p.commit_text(document)})
 
 
-@app.command()
+@app.command(short_help="Simulate a range of sizes on one or more cards.")
 def sweep(
     sizes: Annotated[str, typer.Option(
         "--sizes", metavar="START:STOP:STEP|A,B,...",
@@ -530,47 +609,48 @@ def sweep(
         request = _run_request(None, "512", "512", None, dtype, Architecture.full, settings, pipeline, vae=vae)
         resolve(request)
         plot_fmt = _plot_format(png_path, "png")
-        _load_libraries()
-        from sdvram.report import sweep_tables, to_json
-        from sdvram.sweep import sweep as run_sweep
+        csv_out = csv_path is not None and str(csv_path) == STDOUT
+        if csv_out and json_path == STDOUT:
+            from sdvram.errors import InputError
 
-        with (reserved((csv_path, "CSV table", "csv"), (json_path, "JSON document", "json"),
-                       (png_path, "plot", "png")) as pendings,
-              search_progress("simulating: {task.completed} of {task.total} sizes") as progress):
-            result = run_sweep(request, sides, shape, cards, progress)
-        document = result.to_json()
-        if json_path == STDOUT:
-            sys.stdout.write(to_json(document) + "\n")
-        else:
-            out.print(sweep_tables(document, units))
-        _deliver_files(pendings, {"csv": lambda p: p.commit_text(result.to_csv()),
-                                  "json": lambda p: p.commit_text(to_json(document) + "\n"),
-                                  "png": lambda p: _commit_plot(p, "sweep", document, plot_fmt)})
+            raise InputError("Only one output can go to standard output: give {csv} or {json} a path.",
+                             params=("csv", "json"))
+        with reserved((csv_path, "CSV table", "csv"), (json_path, "JSON document", "json"),
+                      (png_path, "plot", "png")) as pendings:
+            _load_libraries()
+            from sdvram.report import sweep_tables, to_json
+            from sdvram.sweep import sweep as run_sweep
+
+            with search_progress("simulating: {task.completed} of {task.total} sizes") as progress:
+                result = run_sweep(request, sides, shape, cards, progress)
+            document = result.to_json()
+            if json_path == STDOUT:
+                sys.stdout.write(to_json(document) + "\n")
+            elif csv_out:
+                sys.stdout.write(result.to_csv())
+            else:
+                out.print(sweep_tables(document, units))
+            _deliver_files(pendings, {"csv": lambda p: p.commit_text(result.to_csv()),
+                                      "json": lambda p: p.commit_text(to_json(document) + "\n"),
+                                      "png": lambda p: _commit_plot(p, "sweep", document, plot_fmt)})
 
 
-@app.command()
+@app.command(short_help="Draw a saved sweep or timeline.")
 def plot(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A sweep's JSON, or a record's with a timeline.",
                                          show_default=False)],
     out_path: Annotated[Path | None, typer.Option(
-        "--out", metavar="PATH", help="The plot: .png or .svg [default: FILE with .png].")] = None,
+        "--png", "--out", metavar="PATH",
+        help="The plot: .png or .svg [default: FILE with .png, if nothing is there].")] = None,
 ) -> None:
     """Draw a saved result: the memory of a sweep against image size, or a record's memory over the run."""
     with failures():
-        target = out_path or file.with_suffix(".png")
-        fmt = _plot_format(target, "out")
         from sdvram.errors import InputError
-        from sdvram.plots import figure_for
+        from sdvram.plots import default_plot_path, figure_for, read_document
 
-        try:
-            document = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError("{file} '{path}' does not exist.", params=("file",), path=file) from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise InputError("{file} '{path}' is not a JSON document ({why}).", params=("file",), path=file,
-                             why=exc) from None
-        if not isinstance(document, dict):
-            raise InputError("{file} '{path}' is not a JSON object.", params=("file",), path=file)
+        target = out_path if out_path is not None else default_plot_path(file)
+        fmt = _plot_format(target, "out")
+        document = read_document(file)
         with reserved((target, "plot", "out")) as pendings:
             try:
                 figure = figure_for(document)
@@ -598,8 +678,9 @@ def _plot_format(path: Path | None, param: str) -> str | None:
 def reserved(*outputs: tuple[Any, str, str]) -> Iterator[dict[str, Any]]:
     """Reserve each output asked for, ``(path, what, param)`` (checked writable before any run; ``-`` and None
     reserve nothing), keyed by param; if anything fails before they are written, none is left behind."""
-    from sdvram.outputs import reserve
+    from sdvram.outputs import reserve, same_file
 
+    same_file([(path, param) for path, _, param in outputs])  # one file for two outputs: refused before any work
     pendings: dict[str, Any] = {}
     try:
         for path, what, param in outputs:
@@ -619,6 +700,7 @@ def _deliver_files(pendings: dict[str, Any], writers: dict[str, Callable[[Any], 
     for param, pending in pendings.items():
         try:
             writers[param](pending)
+            WRITTEN.append(str(pending.path))
             say(f"wrote {pending.path}")
         except WriteError as exc:
             problems.append(exc)
@@ -629,10 +711,14 @@ def _deliver_files(pendings: dict[str, Any], writers: dict[str, Callable[[Any], 
 
 
 def _commit_plot(pending: Any, kind: str, document: dict[str, Any], fmt: str | None) -> None:
+    """Draw and write the plot inside the commit: an interruption while drawing leaves no temporary file."""
     from sdvram import plots
 
-    figure = plots.sweep_figure(document) if kind == "sweep" else plots.timeline_figure(document)
-    pending.commit_with(lambda handle: plots.save(figure, handle, fmt or "png"))
+    def draw(handle: Any) -> None:
+        figure = plots.sweep_figure(document) if kind == "sweep" else plots.timeline_figure(document)
+        plots.save(figure, handle, fmt or "png")
+
+    pending.commit_with(draw)
 
 
 def _aspect(image: Path | None, aspect: str | None) -> tuple[int, int]:
@@ -647,7 +733,7 @@ def _aspect(image: Path | None, aspect: str | None) -> tuple[int, int]:
         info = image_info(image)
         width, height = info.width, info.height
     else:
-        width, height = parse_aspect(aspect or "1:1")
+        width, height = parse_aspect("1:1" if aspect is None else aspect)  # '' is refused, not the default
     common = math.gcd(width, height)
     return width // common, height // common
 
@@ -688,19 +774,20 @@ def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | Non
 
     image_fmt = image_format(image_path, "save_image") if image_path is not None else None
     plot_fmt = _plot_format(timeline_path, "timeline")
-    _load_libraries()
-    with (reserved((json_path, "JSON record", "json"), (image_path, "output image", "save_image"),
-                   (timeline_path, "timeline plot", "timeline")) as pendings, unet_progress() as progress):
-        if kind == "profile":
-            from sdvram.compare import profile_and_simulate
+    with reserved((json_path, "JSON record", "json"), (image_path, "output image", "save_image"),
+                  (timeline_path, "timeline plot", "timeline")) as pendings:
+        _load_libraries()  # after the outputs are known to be writable: a bad path is refused in a moment
+        with unet_progress() as progress:
+            if kind == "profile":
+                from sdvram.compare import profile_and_simulate
 
-            result = profile_and_simulate(request, options, progress)
-            record, picture = result.record, result.image
-        else:
-            from sdvram.fit import simulate_with_advice
+                result = profile_and_simulate(request, options, progress)
+                record, picture = result.record, result.image
+            else:
+                from sdvram.fit import simulate_with_advice
 
-            record, picture = simulate_with_advice(request, options, progress), None
-    _deliver(record, picture, json_path, pendings, image_fmt, plot_fmt, units, verbose, show_explain)
+                record, picture = simulate_with_advice(request, options, progress), None
+        _deliver(record, picture, json_path, pendings, image_fmt, plot_fmt, units, verbose, show_explain)
 
 
 def _deliver(record: Any, picture: Any, json_path: str | None, pendings: dict[str, Any], image_fmt: str | None,
@@ -717,6 +804,7 @@ def _deliver(record: Any, picture: Any, json_path: str | None, pendings: dict[st
         if pending_json is not None:
             try:
                 pending_json.commit_text(to_json(document) + "\n")
+                WRITTEN.append(str(json_path))
                 say(f"wrote {json_path}")
             except WriteError as exc:
                 problems.append(exc)
@@ -731,6 +819,7 @@ def _deliver(record: Any, picture: Any, json_path: str | None, pendings: dict[st
         else:
             try:
                 pending_image.commit_with(lambda handle: picture.save(handle, format=image_fmt))
+                WRITTEN.append(str(pending_image.path))
                 say(f"wrote {pending_image.path}")
             except WriteError as exc:
                 problems.append(WriteError(f"{exc}" + (" The JSON record was written." if pending_json else "")))
@@ -742,6 +831,7 @@ def _deliver(record: Any, picture: Any, json_path: str | None, pendings: dict[st
         else:
             try:
                 _commit_plot(pending_plot, "timeline", document, plot_fmt)
+                WRITTEN.append(str(pending_plot.path))
                 say(f"wrote {pending_plot.path}")
             except WriteError as exc:
                 problems.append(exc)

@@ -258,7 +258,17 @@ def build_timeline(series: list[tuple[int, int | None]], marks: list[tuple[str, 
 
 
 def known_differences(record: Record) -> list[str]:
-    """Why the formula and the run differ, where the reason is known from the pipeline's code."""
+    """Why the formula and the run differ, where the reason is known from the pipeline's code; first, how the
+    pipeline rounded the size."""
+    inputs = record.inputs
+    rounded = []
+    if (inputs.pipeline_width, inputs.pipeline_height) != (inputs.width, inputs.height):
+        rounded.append(f"The pipeline rounds {inputs.width} x {inputs.height} px (W x H) down to "
+                       f"{inputs.pipeline_width} x {inputs.pipeline_height} (multiples of 8).")
+    return rounded + _differences(record)
+
+
+def _differences(record: Record) -> list[str]:
     settings, inputs = record.settings, record.inputs
     if not record.seed_formula_applies:
         from sdvram.pipelines import find_family

@@ -77,9 +77,23 @@ class WriteError(SdvramError):
 
 
 class Interrupted(SdvramError):
-    """Ctrl-C: the run stopped; files are written whole or not at all, so nothing half-written is left."""
+    """Ctrl-C (exit 130) or SIGTERM (143, what timeout, systemd and container runtimes send): the run stopped;
+    files are written whole or not at all, so nothing half-written is left, and the sentence says which were."""
 
     exit_code = 130
 
-    def __init__(self) -> None:
-        super().__init__("interrupted; nothing was written")
+    def __init__(self, written: list[str] | None = None, signal_name: str = "interrupted") -> None:
+        done = f"wrote {', '.join(written)}; nothing else was written" if written else "nothing was written"
+        super().__init__(f"{signal_name}; {done}")
+        if signal_name != "interrupted":
+            self.exit_code = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C's KeyboardInterrupt is: the same clean-up runs."""
+
+
+class HostOutOfMemory(SdvramError):
+    """The host (not the GPU) ran out of memory: an import, a decode or a simulation could not allocate."""
+
+    exit_code = 5

@@ -30,21 +30,71 @@ def require_profile_extra(modules: tuple[str, ...] = PROFILE_MODULES, extra: str
 HEAVY_MODULES = ("sdvram.pipeline", "sdvram.simulate", "sdvram.profiler")
 
 
+TERMINATED: list[int] = []  # SIGTERM arrived during this command (its interruption exits 143, not Ctrl-C's 130)
+# What an allocation that the host cannot serve says, from Python, libc, the C++ runtime and PyTorch's CPU allocator
+HOST_OOM_SIGNS = ("cannot allocate memory", "can't allocate memory", "failed to map segment", "std::bad_alloc",
+                  "out of memory", "memoryerror")
+
+
+# The address space a run needs before it can even start: importing torch, diffusers and transformers reserved 0.8
+# GiB here (VmPeak), a 512 x 512 simulation peaked at 1.0 GiB; under a smaller limit (ulimit -v, prlimit --as) the
+# libraries fail inside C++ (std::bad_alloc aborts the process) where no sentence can be printed, so it is refused
+# before they load.
+ADDRESS_SPACE_FLOOR = 3 * 2**29  # 1.5 GiB
+
+
+def check_address_space() -> None:
+    """HostOutOfMemory when the process may not use enough memory to load the libraries (RLIMIT_AS)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no such limit to read
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft < ADDRESS_SPACE_FLOOR:
+        from sdvram.errors import HostOutOfMemory
+
+        raise HostOutOfMemory(f"This process may use only {soft / 2**20:,.0f} MiB of memory (ulimit -v, prlimit --as); "
+                              f"loading torch and running a simulation needs at least "
+                              f"{ADDRESS_SPACE_FLOOR / 2**30:g} GiB of the host's memory (not the GPU's).")
+
+
+def host_out_of_memory(exc: BaseException) -> bool:
+    """Does ``exc`` (or the worker traceback it carries) say the host ran out of memory?"""
+    if isinstance(exc, MemoryError):
+        return True
+    return any(sign in str(exc).lower() for sign in HOST_OOM_SIGNS)
+
+
 def import_uninterrupted(modules: tuple[str, ...] = HEAVY_MODULES) -> None:
     """Import ``modules`` with Ctrl-C held back until they are loaded, then raise the KeyboardInterrupt it asked
     for. A KeyboardInterrupt inside an import leaves a half-initialised module behind (numpy's lazy ``dtypes``
     then recurses until a RecursionError), so an interrupt during the seconds torch takes to import became a
     traceback instead of "interrupted"."""
+    check_address_space()
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         for module in modules:
             importlib.import_module(module)
         return
     asked: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: asked.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: asked.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for module in modules:
             importlib.import_module(module)
+    except (ImportError, OSError, MemoryError) as exc:  # the extras are there (checked first): a failed load is
+        if host_out_of_memory(exc):  # the host's
+            from sdvram.errors import HostOutOfMemory
+
+            raise HostOutOfMemory("This machine ran out of memory loading torch (the host's RAM, not the GPU's); "
+                                  "close other programs and try again.") from None
+        raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if asked:
+        if asked[0] == signal.SIGTERM:
+            from sdvram.errors import Terminated
+
+            TERMINATED.append(asked[0])
+            raise Terminated()
         raise KeyboardInterrupt

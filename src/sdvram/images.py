@@ -5,15 +5,20 @@ Pillow only. Sizes are taken after EXIF orientation is applied: a phone photo st
 
 ``image_info`` reads what the estimate and the simulation need, the oriented size, from the file's header
 without decoding its pixels, and checks that the file is whole: a JPEG is decoded at 1/8 scale (libjpeg's
-DCT scaling reads every coded block but keeps 1/64 of the pixels), a PNG's chunks are walked to its IEND
-without inflating them; other formats are decoded. ``load_rgb`` decodes the image for a real run.
+DCT scaling reads every coded block but keeps 1/64 of the pixels); a PNG's chunks are walked to its IEND and its
+image data inflated as a stream, counted and dropped (a garbled or short stream is caught, whatever the size,
+in a few MiB of memory); other formats are decoded when small, and above ``DECODE_LIMIT`` pixels checked from their
+structure (every strip or tile of the file's index inside the file) rather than decoded whole (a 16384 x 16384
+TIFF would take a GB). ``load_rgb`` decodes the image for a real run.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import tomllib
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +34,12 @@ EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how the stored pixels must b
 SWAPS_SIDES = {5, 6, 7, 8}  # orientations that turn the image by 90 or 270 degrees (transpose variants)
 JPEG_DRAFT_SCALE = 8  # libjpeg decodes at 1/1, 1/2, 1/4 or 1/8 scale; 1/8 keeps the check cheapest
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples a pixel
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+INFLATE_STEP = 1 << 20  # bytes of inflated PNG data held at once while counting it
+# Above this many pixels an image that is neither JPEG nor PNG is checked from its structure, not decoded: a full
+# decode costs its pixels' bytes in memory (64 MP of RGB is 192 MB; 16384 x 16384, 805 MB and more).
+DECODE_LIMIT = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -127,16 +138,27 @@ def _quiet_exif(notes: list[str]) -> Iterator[None]:
 def _check_whole(path: str | Path, image: Image.Image) -> None:
     """Raise an InputError when the file is cut short or damaged, at a fraction of a full decode's cost."""
     if image.format == "PNG":
-        _check_png_chunks(path)
+        _check_png(path)
         return
     if image.format == "JPEG":
         width, height = image.size
         image.draft("RGB", (max(1, width // JPEG_DRAFT_SCALE), max(1, height // JPEG_DRAFT_SCALE)))
+    elif image.size[0] * image.size[1] > DECODE_LIMIT:
+        _check_structure(path, image)
+        return
     _decode(path, image)
 
 
-def _check_png_chunks(path: str | Path) -> None:
-    """Walk the PNG's chunks (length, type, data, CRC) to IEND without reading their data."""
+def _damaged(path: str | Path, why: str) -> InputError:
+    return InputError(f"{path}: the image data is damaged or truncated ({why}); re-export or re-download the file.")
+
+
+def _check_png(path: str | Path) -> None:
+    """Walk the PNG's chunks (length, type, data, CRC) to IEND, and inflate its IDAT stream as it goes, counting
+    the bytes and dropping them: the stream must end, undamaged, at exactly the rows the header promises."""
+    decompressor = zlib.decompressobj()
+    inflated = 0
+    expected = None
     with open(path, "rb") as handle:
         handle.seek(0, 2)
         size = handle.tell()
@@ -149,10 +171,66 @@ def _check_png_chunks(path: str | Path) -> None:
             end = handle.tell() + length + 4  # the data, then the CRC
             if end > size:
                 break
-            if kind == b"IEND":
+            if kind == b"IHDR":
+                expected = _png_raw_bytes(handle.read(min(length, 13)))
+            elif kind == b"IDAT":
+                try:
+                    data = handle.read(length)
+                    while data:
+                        inflated += len(decompressor.decompress(data, INFLATE_STEP))
+                        data = decompressor.unconsumed_tail
+                except zlib.error as exc:
+                    raise _damaged(path, f"broken data stream: {exc}") from None
+            elif kind == b"IEND":
+                if not decompressor.eof or (expected is not None and inflated != expected):
+                    raise _damaged(path, f"{inflated:,} bytes of pixel rows where the header promises "
+                                         f"{expected or 0:,}")
                 return
             handle.seek(end)
     raise InputError(f"{path}: the image data is cut short (no IEND chunk); re-export or re-download the file.")
+
+
+def _png_raw_bytes(ihdr: bytes) -> int | None:
+    """The inflated size of a PNG's pixel rows: each row one filter byte and its samples (Adam7: per pass)."""
+    if len(ihdr) < 13:
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+    bits = depth * PNG_CHANNELS.get(colour, 0)
+    if not bits:
+        return None
+    if not interlace:
+        return height * (1 + -(-width * bits // 8))
+    total = 0
+    for x0, y0, dx, dy in ADAM7:
+        columns, rows = -(-(width - x0) // dx) if width > x0 else 0, -(-(height - y0) // dy) if height > y0 else 0
+        if columns and rows:
+            total += rows * (1 + -(-columns * bits // 8))
+    return total
+
+
+def _check_structure(path: str | Path, image: Image.Image) -> None:
+    """A large image of another format, checked without decoding: every strip or tile its index names must lie
+    inside the file (a TIFF's StripOffsets/StripByteCounts or TileOffsets/TileByteCounts; elsewhere the offsets
+    of Pillow's tiles)."""
+    size = os.path.getsize(path)
+    spans: list[tuple[int, int]] = []
+    tags = getattr(image, "tag_v2", None)
+    if tags is not None:
+        for offsets_tag, counts_tag in ((273, 279), (324, 325)):
+            offsets, counts = tags.get(offsets_tag), tags.get(counts_tag)
+            if offsets is not None and counts is not None:
+                spans += list(zip(_ints(offsets), _ints(counts), strict=False))
+    spans += [(tile[2], 0) for tile in getattr(image, "tile", []) or [] if isinstance(tile[2], int)]
+    if not spans:
+        _decode(path, image)
+        return
+    for offset, count in spans:
+        if offset + count > size:
+            raise _damaged(path, f"its data runs to byte {offset + count:,} of a {size:,}-byte file")
+
+
+def _ints(value: object) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)]  # type: ignore[call-overload]
 
 
 def _decode(path: str | Path, image: Image.Image) -> None:

@@ -147,8 +147,8 @@ def parse_sizes(value: str, param: str = "sizes") -> list[int]:
     try:
         if ":" in text:
             start, stop, step = (int(part, 10) for part in text.split(":"))
-            if step < 1 or stop < start:
-                raise refuse()
+            if step < 1 or stop < start or not (MIN_SIDE <= start and stop <= MAX_SIDE):
+                raise refuse()  # bounded before the range is made: 0:10**20:1 would not fit in memory
             sides = list(range(start, stop + 1, step))
         else:
             sides = [int(part, 10) for part in text.split(",")]

@@ -41,6 +41,8 @@ def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
+    # text from records (a card's name, a kind) is drawn as written: a "$" starts no mathtext
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -77,33 +79,41 @@ def sweep_figure(sweep: dict[str, Any]) -> Any:
     measured on real GPUs with the same settings."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=SIZE_INCHES, dpi=DPI)
+    if not sweep["rows"] or not sweep["gpus"]:
+        raise InputError("{file} holds a sweep with no rows: there is nothing to draw.", params=("file",))
     first = sweep["gpus"][0]
     rows = [r for r in sweep["rows"] if r["gpu"] == first]
     x = [r["megapixels"] for r in rows]
     stages = [name for name in rows[0]["stages"]] if rows else []
-    for name in stages:
-        axes.plot(x, [r["stages"][name] / GIB for r in rows], marker=".", linewidth=1, label=f"{label(name)} peak")
-    axes.plot(x, [r["peak_allocated"] / GIB for r in rows], color="black", linewidth=2.5,
+    # the whole run under the stages (a stage's line lies on it where that stage holds the peak), and its peak
+    # reserved, which the verdict is decided on, beside it
+    axes.plot(x, [r["peak_allocated"] / GIB for r in rows], color="0.55", linewidth=5, zorder=1,
               label=f"whole run, simulated ({rows[0]['gpu_name'] if rows else first})")
+    if all(r.get("peak_reserved") is not None for r in rows):
+        axes.plot(x, [r["peak_reserved"] / GIB for r in rows], color="black", linestyle="--", linewidth=1.2,
+                  zorder=2, label="whole run, peak reserved (what a verdict is decided on)")
+    for name in stages:
+        axes.plot(x, [r["stages"][name] / GIB for r in rows], marker=".", linewidth=1, zorder=3,
+                  label=f"{label(name)} peak")
     totals = [r["formula_total"] for r in rows if r["formula_total"] is not None]
     if totals:  # the seed formula is SD v1.5 img2img's alone
         axes.plot(x, [t / GIB for t in totals], color="grey", linestyle="--", linewidth=1.5,
                   label="seed formula total")
     points = matching_points(sweep)
-    highest = max([r["peak_allocated"] for r in rows] + totals
+    highest = max([r["peak_allocated"] for r in rows] + [r.get("peak_reserved") or 0 for r in rows] + totals
                   + [p["peak_allocated"] for p in points] + [0]) / GIB
     top = highest * Y_HEADROOM
     cards = {r["gpu"]: r for r in sweep["rows"] if r["capacity"]}
     above = []
-    for row in cards.values():
+    styles = [":", "-.", (0, (5, 2)), (0, (1, 4))]  # one per card, each named in the legend
+    for index, row in enumerate(cards.values()):
         capacity = row["capacity"] / GIB
         if capacity > top * CAPACITY_REACH:  # far above the curves: named in the title, not drawn
             above.append(f"{row['gpu_name']} ({capacity:.1f} GiB usable) is above the plot")
             continue
         top = max(top, capacity * Y_HEADROOM)
-        axes.axhline(capacity, color="firebrick", linestyle=":", linewidth=1)
-        axes.annotate(f"{row['gpu_name']}: {capacity:.1f} GiB usable", (x[-1] if x else 1, capacity),
-                      textcoords="offset points", xytext=(0, 3), ha="right", fontsize=8, color="firebrick")
+        axes.axhline(capacity, color="firebrick", linestyle=styles[index % len(styles)], linewidth=1.2,
+                     label=f"{row['gpu_name']}: {capacity:.1f} GiB usable")
     if points:
         axes.scatter([p["width"] * p["height"] / 1e6 for p in points], [p["peak_allocated"] / GIB for p in points],
                      marker="x", s=70, color="tab:red", zorder=5, label="measured (" + ", ".join(
@@ -114,7 +124,7 @@ def sweep_figure(sweep: dict[str, Any]) -> Any:
                    f"{settings_line(sweep)}" + "".join(f"\n{line}" for line in above), fontsize=11)
     axes.set_ylim(0, top)
     axes.set_xlabel("image size (megapixels)")
-    axes.set_ylabel("peak allocated (GiB)")
+    axes.set_ylabel("peak memory (GiB)")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
@@ -187,8 +197,12 @@ def timeline_figure(record: dict[str, Any]) -> Any:
                    f"{inputs['pipeline_width']} x {inputs['pipeline_height']} px, {settings['dtype']}, batch "
                    f"{settings['batch']}, {settings['steps']} steps x strength {settings['strength']:g}",
                    fontsize=11, pad=18)
-    axes.set_xlabel(f"the run, stage by stage (each stage at least {MIN_STAGE_SHARE:.0%} of the width; within "
-                    f"one, {timeline['unit']})", fontsize=9)
+    fit = (record.get("simulation") or {}).get("fit")
+    if fit:  # the card's usable memory, which the verdict is decided against
+        axes.axhline(fit["capacity"] / GIB, color="firebrick", linestyle=":", linewidth=1.2,
+                     label=f"usable on the card: {fit['capacity'] / GIB:.2f} GiB ({fit['verdict']})")
+    axes.set_xlabel(f"the run, stage by stage (short stages drawn wider; within a stage, {timeline['unit']})",
+                    fontsize=9)
     axes.set_xticks([])
     axes.set_ylabel("GPU memory (GiB)" if settings["device"] != "cpu" else "memory (GiB)")
     axes.set_xlim(0, 1)
@@ -202,6 +216,39 @@ def timeline_figure(record: dict[str, Any]) -> Any:
 def save(figure: Any, handle: IO[bytes], fmt: str) -> None:
     figure.savefig(handle, format=fmt)
     _pyplot().close(figure)
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """A saved result to draw, read whole: one sentence (InputError naming FILE) for a file that is missing, not a
+    file, not JSON (nested too deeply to read included), or not a JSON object."""
+    if not path.exists():
+        what = "a symbolic link that leads nowhere" if path.is_symlink() else "no such file"
+        raise InputError("{file} '{path}': {what}.", params=("file",), path=path, what=what)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise InputError("{file} '{path}' is not a JSON document sdvram can read (nested too deeply).",
+                         params=("file",), path=path) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise InputError("{file} '{path}' is not a JSON document ({why}).", params=("file",), path=path,
+                         why=reason) from None
+    if not isinstance(document, dict):
+        raise InputError("{file} '{path}' is not a JSON object.", params=("file",), path=path)
+    return document
+
+
+def default_plot_path(path: Path) -> Path:
+    """Where ``plot FILE`` draws without --out: FILE with .png, when FILE is a regular file and nothing is there
+    yet (a default never overwrites, and never writes beside a device such as /dev/stdin)."""
+    target = path.with_suffix(".png")
+    if path.exists() and not path.is_file():
+        raise InputError("{file} '{path}' is not a regular file, so there is no default place for the plot; give "
+                         "--out.", params=("file",), path=path)
+    if target.exists():
+        raise InputError("{file}: the default plot path {target} exists already; give --out to replace it or to "
+                         "write elsewhere.", params=("file",), target=target)
+    return target
 
 
 def figure_for(document: dict[str, Any]) -> Any:

@@ -221,7 +221,7 @@ def record_view(record: Record, units: Units, verbose: bool = False) -> Group:
     formula = record.seed_formula_applies  # the seed formula's columns only where it is the specification
     heading = Text(
         f"{'Simulated' if record.kind == 'simulate' else 'Profiled'} {family.title} ({build}"
-        + (f", VAE {settings.vae}" if settings.vae else "") + f") on {device}: "
+        + (f", VAE {settings.vae}" if settings.vae else "") + f") on {device}:\n"
         f"{format_size(inputs.width, inputs.height)}, {settings.steps} steps"
         + (f" x strength {settings.strength:g}" if family.takes_image else "")
         + f", guidance {settings.guidance:g}, batch {settings.batch}"

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from sdvram.architecture import MIN_SIDE
-from sdvram.choices import Architecture, DType, Offload, Weights
+from sdvram.choices import Architecture, DType, Kernel, Offload, Weights
 from sdvram.errors import InputError
+from sdvram.gpus import GpuSpec
 from sdvram.inputs import (
     parse_attention_slicing,
     parse_batch,
@@ -215,3 +216,19 @@ def request_from_record(record: dict[str, Any], root: Path | None = None) -> Run
                           attention_slicing=settings.get("attention_slicing"),
                           offload=Offload(settings.get("offload", "none"))),
     )
+
+
+@dataclass(frozen=True)
+class SimulateOptions:
+    """What ``simulate`` adds to a run request: the GPU, which attention kernels may run, explain (here, not in
+    ``simulate``, so that the command line builds it before torch is loaded)."""
+
+    gpu: GpuSpec
+    attention: Kernel = Kernel.auto  # auto: PyTorch's choice; else only that kernel, as sdpa_kernel allows
+    explain: bool = False
+    replay: bool = True  # replay UNet calls with the same shapes from their log (exact; off to check that)
+    stop_at_failure: bool = False  # end the run at the first request that does not fit (a search's quick "no")
+    # The process ran a matrix multiply before this pipeline was built (a harness running variants one after
+    # another, as tools/gpu_variants.py does): the cuBLAS workspaces are held before the weights load.
+    warm_process: bool = False
+    timeline: bool = False  # keep the memory over the run (Record.timeline)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -81,28 +81,13 @@ from sdvram.meters import (
 from sdvram.pipeline import apply_switches, build_order, build_pipeline, reset_switches
 from sdvram.pipelines import IMAGE_AND_MASK, Family, find_family
 from sdvram.record import Fit, Record, Simulation
-from sdvram.requests import RunRequest, Settings
+from sdvram.requests import RunRequest, Settings, SimulateOptions
 from sdvram.stages import label
 from sdvram.verdicts import DOES_NOT_FIT, judge, margin_for
 from sdvram.workspaces import Conv, conv_workspace, cublas_workspaces
 
 EXPLAIN_TENSORS = 4  # largest tensors shown per group
 MATMULS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "_addmm_activation"}  # aten ops cuBLAS runs
-
-
-@dataclass(frozen=True)
-class SimulateOptions:
-    """What ``simulate`` adds to a run request: the GPU, which attention kernels may run, explain."""
-
-    gpu: GpuSpec
-    attention: Kernel = Kernel.auto  # auto: PyTorch's choice; else only that kernel, as sdpa_kernel allows
-    explain: bool = False
-    replay: bool = True  # replay UNet calls with the same shapes from their log (exact; off to check that)
-    stop_at_failure: bool = False  # end the run at the first request that does not fit (a search's quick "no")
-    # The process ran a matrix multiply before this pipeline was built (a harness running variants one after
-    # another, as tools/gpu_variants.py does): the cuBLAS workspaces are held before the weights load.
-    warm_process: bool = False
-    timeline: bool = False  # keep the memory over the run (Record.timeline)
 
 
 Build = tuple[str, Architecture, DType, bool, "str | None"]  # family, architecture, dtype, safety checker, VAE

@@ -27,8 +27,9 @@ def first_line(*args: str) -> str:
 
 
 def test_an_8gb_card_is_8_gib_whichever_way_it_is_given() -> None:
-    by_name = runner.invoke(app, ["simulate", TRUCK, "--gpu", "rtx4070laptop", "--json", "-"])
-    by_size = runner.invoke(app, ["simulate", TRUCK, "--vram", "8GB", "--arch", "8.9", "--json", "-"])
+    balloon = str(IMAGES / "balloon--low-res.jpeg")
+    by_name = runner.invoke(app, ["simulate", balloon, "--gpu", "rtx4070laptop", "--json", "-"])
+    by_size = runner.invoke(app, ["simulate", balloon, "--vram", "8GB", "--arch", "8.9", "--json", "-"])
     named, sized = (json.loads(r.stdout)["simulation"] for r in (by_name, by_size))
     assert sized["gpu_memory"] == 8 * GIB and named["fit"]["verdict"] == sized["fit"]["verdict"]
     assert any(note.startswith("--vram 8GB read as 8 GiB = 8,589,934,592 B") for note in sized["assumptions"])

@@ -193,8 +193,12 @@ def test_sigterm_is_an_interruption_that_ends_the_workers(tmp_path: Path) -> Non
     out = tmp_path / "fit.json"
     proc = subprocess.Popen([*SDVRAM, "fit", "--gpu", "rtx3060", "--json", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(9)  # the libraries loaded, the search's workers running
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    workers: list[str] = []
+    deadline = time.monotonic() + 30
+    while not workers and time.monotonic() < deadline:  # the libraries loaded, the search's workers running
+        time.sleep(0.2)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert workers
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143

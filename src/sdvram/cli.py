@@ -759,10 +759,15 @@ def _require_profile_extra() -> None:
 
 
 def _load_libraries() -> None:
-    """Load torch, diffusers and transformers once the input is checked, Ctrl-C held back meanwhile."""
+    """Load torch, diffusers and transformers once the input is checked, Ctrl-C held back meanwhile; on a terminal
+    a status line says so for the seconds it takes (the imports are most of a simulation's time)."""
     from sdvram.extras import import_uninterrupted
 
-    import_uninterrupted()
+    if not err.is_terminal:
+        import_uninterrupted()
+        return
+    with err.status("loading torch, diffusers and transformers", spinner="dots"):
+        import_uninterrupted()
 
 
 def _run_and_deliver(kind: str, request: Any, options: Any, json_path: str | None, image_path: Path | None,
@@ -874,8 +879,9 @@ def unet_progress() -> Any:
     return progress_bar(TextColumn("denoising (UNet calls)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def search_progress(text: str = "searching: {task.completed} simulated runs") -> Any:
-    """A counter of the simulated runs a search or a sweep has made."""
+def search_progress(text: str = "searching: {task.completed} simulated runs (about 40 in all)") -> Any:
+    """A counter of the simulated runs a search or a sweep has made (a fit's search makes about 40: five to seven a
+    combination of switches, six combinations), and the time elapsed."""
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     return progress_bar(SpinnerColumn(), TextColumn(text), TimeElapsedColumn())

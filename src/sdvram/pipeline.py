@@ -9,7 +9,10 @@ only, so both give the same profile. On ``meta`` the same classes are built with
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import sys
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +24,37 @@ import transformers
 # transformers logs a warning on every diffusers import when torchvision is absent (its image processors
 # fall back to Pillow, which is what we use anyway); keep stderr for sdvram's own messages.
 transformers.utils.logging.set_verbosity_error()
+# diffusers' model packages import every model they hold when one of them is imported (the autoencoders' package
+# brings in all its VAEs, the transformers' dozens of transformers): 1.5 s of the 5 s a simulation took to start.
+# Each is registered as a package whose own __init__ runs only if an attribute of the package itself is asked
+# for; the modules sdvram builds from are imported as they are, one by one.
+LAZY_PACKAGES = ("diffusers.models.autoencoders", "diffusers.models.transformers", "diffusers.models.unets")
+
+
+def _lazy_package(name: str) -> None:
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return
+
+    class LazyPackage(types.ModuleType):
+        def __getattr__(self, attribute: str) -> Any:
+            if attribute.startswith("__") or self.__dict__.get("_initialised"):
+                raise AttributeError(attribute)
+            self.__dict__["_initialised"] = True
+            spec.loader.exec_module(self)  # type: ignore[union-attr]  # the package's __init__, at last
+            return getattr(self, attribute)
+
+    package = LazyPackage(name)
+    package.__spec__, package.__file__, package.__package__ = spec, spec.origin, name
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules[name] = package
+
+
+importlib.import_module("diffusers.models")
+for _name in LAZY_PACKAGES:
+    _lazy_package(_name)
 
 # ruff: noqa: E402 (the imports below come after that setting)
 # Each class from its own module: resolving them through diffusers' top-level lazy loader costs ~0.8 s more.

@@ -87,6 +87,13 @@ def test_plot_refuses_a_sweep_without_rows_and_a_link_loop(tmp_path: Path) -> No
     no_temporaries(tmp_path)
 
 
+def test_an_image_behind_a_link_loop_is_not_called_missing(tmp_path: Path) -> None:
+    loop = tmp_path / "photo.jpg"
+    loop.symlink_to(loop)
+    refused(["estimate", str(loop)], "a symbolic link that leads nowhere")
+    refused(["estimate", str(tmp_path / "absent.jpg")], "no such file")
+
+
 def test_plot_draws_names_as_written(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     sweep = tmp_path / "s.json"

@@ -248,7 +248,8 @@ def _open(path: str | Path, notes: list[str]) -> Iterator[Image.Image]:
     """Open ``path`` (its header only), turning every way that can fail into one InputError sentence."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file; give the path of a JPEG, PNG or other image Pillow can read.")
+        what = "a symbolic link that leads nowhere (a loop or a missing file)" if path.is_symlink() else "no such file"
+        raise InputError(f"{path}: {what}; give the path of a JPEG, PNG or other image Pillow can read.")
     if not path.is_file():
         raise InputError(f"{path}: not a file; give the path of an image file.")
     try:

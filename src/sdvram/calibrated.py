@@ -20,6 +20,7 @@ from typing import Any
 
 from sdvram.architecture import VAE_SCALE_FACTOR
 from sdvram.choices import Offload
+from sdvram.verdicts import DOES_NOT_FIT, FITS, TIGHT
 
 CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.json"
 MIN_SIDE, MAX_SIDE = 64, 4096  # the sizes fitted (px); outside them the forms extrapolate, and say so
@@ -41,7 +42,6 @@ FIXED_STAGES = ("load", "text_encoder")  # they run before the image is read: no
 # scheduler tables is on the GPU after loading, and a relative error of a few kilobytes says nothing.
 FLOOR = 2**20
 GUARANTEE = 0.03  # the accuracy promised for the allocated peaks (issue 11), the least margin a verdict keeps
-FITS, TIGHT, DOES_NOT_FIT = "fits", "tight", "does not fit"  # the words of verdicts.py, for every command
 RESERVED = "peak_reserved"  # the run's, fitted as a whole: segments cached in one stage serve the next
 # What is fitted for each setting: every stage's peak allocated, and the run's peak reserved. The run's peak
 # allocated is the largest stage's.

@@ -18,6 +18,7 @@ from sdvram.gpus import GpuSpec
 from sdvram.inputs import MIN_SIDE, parse_attention_slicing, parse_batch, parse_side, parse_tokens
 from sdvram.pipelines import DEFAULT, Family, find_family
 from sdvram.requests import switches_on
+from sdvram.verdicts import margin_for
 
 # The prompt every command uses when given none (neither a prompt nor an image with a manifest entry);
 # the output names it, and its tokens are counted as any prompt's are.
@@ -69,8 +70,6 @@ class Estimate:
         """The card's margin for this run (``verdicts.margin_for``), in bytes."""
         if not isinstance(self.calibrated, Calibrated) or self.gpu is None:
             return None
-        from sdvram.verdicts import margin_for
-
         return margin_for(self.gpu).of(self.calibrated.peak_reserved)
 
     @property

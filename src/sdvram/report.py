@@ -16,7 +16,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from sdvram.calibrated import DOES_NOT_FIT, FITS, TIGHT, Calibrated
+from sdvram.calibrated import Calibrated
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
 from sdvram.pipelines import find_family
@@ -24,6 +24,7 @@ from sdvram.record import Record
 from sdvram.requests import switch_label, switches_on
 from sdvram.stages import STAGES, label, term_label
 from sdvram.units import Units, format_bytes, format_number, format_signed_percent, format_size, unit_label
+from sdvram.verdicts import DOES_NOT_FIT, FITS, TIGHT
 
 TOKEN_SOURCES = {"tokens": "given", "prompt": "counted from the prompt", "manifest": "the image's manifest prompt",
                  "default prompt": "the default prompt"}

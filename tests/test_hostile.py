@@ -128,6 +128,18 @@ def test_standard_output_on_a_full_disk_is_exit_6(args: list[str]) -> None:
 
 
 # -- 5: low memory, and sizes read from headers ------------------------------------------------------------
+def test_the_host_running_out_is_told_apart_from_the_gpu() -> None:
+    from sdvram.extras import host_out_of_memory
+
+    # messages as PyTorch's CPU allocator, the C++ runtime and a fit worker's traceback give them
+    assert host_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 B"))
+    assert host_out_of_memory(RuntimeError("std::bad_alloc"))
+    assert host_out_of_memory(MemoryError())
+    # the GPU's: the profile reports it with its stage, never as the host's
+    assert not host_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not host_out_of_memory(RuntimeError("CUDA error: out of memory"))
+
+
 def test_too_little_memory_for_torch_is_one_sentence() -> None:
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (800 * 2**20, resource.RLIM_INFINITY))

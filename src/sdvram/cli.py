@@ -21,6 +21,8 @@ from sdvram.choices import Architecture, DType, Kernel, Offload, Units, Weights
 from sdvram.errors import HostOutOfMemory, Interrupted, OutOfMemoryError, SdvramError, Terminated, WriteError
 from sdvram.extras import TERMINATED
 from sdvram.gpus import DEFAULT_GPU, GPUS
+from sdvram.pipelines import DEFAULT as DEFAULT_PIPELINE
+from sdvram.pipelines import find_family
 
 FLAGS = {
     "image": "IMAGE", "height": "--h", "width": "--w", "tokens": "--tokens", "prompt": "--prompt", "batch": "--batch",
@@ -136,8 +138,7 @@ def _stdout_failed(exc: OSError) -> int:
 
 
 def _host_out_of_memory() -> int:
-    say("error: This machine ran out of memory (the host's RAM, not the GPU's); close other programs, or try a "
-        "smaller image or batch.")
+    say(f"error: {HostOutOfMemory.RAN_OUT}")
     return HostOutOfMemory.exit_code
 
 
@@ -187,8 +188,7 @@ def failures() -> Iterator[None]:
 
         if not host_out_of_memory(exc):
             raise
-        fail(HostOutOfMemory("This machine ran out of memory (the host's RAM, not the GPU's); close other programs, "
-                             "or try a smaller image or batch."))
+        fail(HostOutOfMemory(HostOutOfMemory.RAN_OUT))
 
 
 def _version(value: bool) -> None:
@@ -298,7 +298,6 @@ def _settings(pipeline: str, steps: str | None, strength: str | None, guidance: 
         parse_steps,
         parse_strength,
     )
-    from sdvram.pipelines import find_family
     from sdvram.requests import settings_for
 
     return settings_for(find_family(pipeline), steps=None if steps is None else parse_steps(steps),
@@ -313,7 +312,6 @@ def _run_request(image: Path | None, height: str | None, width: str | None, prom
                  dtype: DType | None, architecture: Architecture, settings: Any, pipeline: str,
                  mask: Path | None = None, vae: str | None = None) -> Any:
     from sdvram.architecture import MIN_SIDE
-    from sdvram.pipelines import find_family
     from sdvram.requests import RunRequest
 
     low = MIN_SIDE[architecture.value]
@@ -345,7 +343,7 @@ def estimate(
     vae_slicing: VaeSlicingOpt = False,
     attention_slicing: AttentionSlicingOpt = None,
     offload: OffloadOpt = Offload.none,
-    pipeline: PipelineOpt = "sd15-img2img",
+    pipeline: PipelineOpt = DEFAULT_PIPELINE,
     units: UnitsOpt = Units.gib,
     json_path: JsonOpt = None,
 ) -> None:
@@ -393,7 +391,7 @@ def profile(
         help="Hub id or local folder for pretrained weights [default: stable-diffusion-v1-5/stable-diffusion-v1-5]."
     )] = None,
     architecture: ArchitectureOpt = Architecture.full,
-    pipeline: PipelineOpt = "sd15-img2img",
+    pipeline: PipelineOpt = DEFAULT_PIPELINE,
     mask: MaskOpt = None,
     vae: VaeOpt = None,
     steps: StepsOpt = None,
@@ -455,7 +453,7 @@ def simulate(
     reserve: ReserveOpt = None,
     dtype: DTypeOpt = None,
     architecture: ArchitectureOpt = Architecture.full,
-    pipeline: PipelineOpt = "sd15-img2img",
+    pipeline: PipelineOpt = DEFAULT_PIPELINE,
     mask: MaskOpt = None,
     vae: VaeOpt = None,
     steps: StepsOpt = None,
@@ -511,7 +509,7 @@ def fit(
     arch: ArchOpt = None,
     reserve: ReserveOpt = None,
     dtype: DTypeOpt = None,
-    pipeline: PipelineOpt = "sd15-img2img",
+    pipeline: PipelineOpt = DEFAULT_PIPELINE,
     vae: VaeOpt = None,
     steps: StepsOpt = None,
     strength: StrengthOpt = None,
@@ -567,7 +565,7 @@ def sweep(
     arch: ArchOpt = None,
     reserve: ReserveOpt = None,
     dtype: DTypeOpt = None,
-    pipeline: PipelineOpt = "sd15-img2img",
+    pipeline: PipelineOpt = DEFAULT_PIPELINE,
     vae: VaeOpt = None,
     steps: StepsOpt = None,
     strength: StrengthOpt = None,

@@ -97,3 +97,6 @@ class HostOutOfMemory(SdvramError):
     """The host (not the GPU) ran out of memory: an import, a decode or a simulation could not allocate."""
 
     exit_code = 5
+    # what is said when nothing more precise is known (a MemoryError or std::bad_alloc anywhere in a command)
+    RAN_OUT = ("This machine ran out of memory (the host's RAM, not the GPU's); close other programs, or try a "
+               "smaller image or batch.")

@@ -62,7 +62,9 @@ def host_out_of_memory(exc: BaseException) -> bool:
     """Does ``exc`` (or the worker traceback it carries) say the host ran out of memory?"""
     if isinstance(exc, MemoryError):
         return True
-    return any(sign in str(exc).lower() for sign in HOST_OOM_SIGNS)
+    text = str(exc).lower()
+    # "CUDA out of memory", "CUDA error: out of memory": the GPU's, which the profile reports with its stage
+    return "cuda" not in text and any(sign in text for sign in HOST_OOM_SIGNS)
 
 
 def import_uninterrupted(modules: tuple[str, ...] = HEAVY_MODULES) -> None:

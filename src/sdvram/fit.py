@@ -20,6 +20,7 @@ from sdvram.parallel import run_side_by_side
 from sdvram.record import Record
 from sdvram.requests import RunRequest, Settings, switch_label
 from sdvram.simulate import SimulateOptions, Simulator, simulator_for
+from sdvram.verdicts import FITS
 
 UNIT = 8  # sides are searched in multiples of 8 pixels, as the pipeline rounds them
 START_UNITS = 128  # a search's first size above the smallest: a 1024-pixel side, which most cards hold
@@ -255,6 +256,6 @@ def simulate_with_advice(request: RunRequest, options: SimulateOptions, progress
     each useful combination of switches at the same size, cheapest first, and whether it fits."""
     record = simulator_for(request, options.gpu).run(request, options, progress)
     sim = record.simulation
-    if sim is not None and sim.fit is not None and sim.fit.verdict != "fits":  # tight too: what makes room
+    if sim is not None and sim.fit is not None and sim.fit.verdict != FITS:  # tight too: what makes room
         sim.advice = [o.to_json() for o in advise(request, options.gpu)]
     return record

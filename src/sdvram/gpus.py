@@ -268,11 +268,11 @@ def parse_arch(text: str) -> tuple[int, int]:
 
 def parse_reserve(text: str) -> int:
     """--reserve: memory other processes hold on the card, as --vram reads sizes; 0 allowed."""
-    stripped = str(text).strip()
-    if stripped in ("0", "0B", "0MB", "0MiB", "0GB", "0GiB"):
+    match = SIZE.match(str(text))
+    if match is not None and float(match.group(1)) == 0:  # nothing held, in whatever unit
         return 0
     try:
-        return parse_vram(stripped)[0]
+        return parse_vram(text)[0]
     except InputError:
         raise InputError("{reserve} must be a size such as 512MiB, 1GB (read as 1 GiB) or 0; got '{got}'.",
                          params=("reserve",), got=str(text)[:40]) from None

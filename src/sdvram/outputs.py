@@ -69,8 +69,7 @@ class PendingFile:
                     write(handle)
                     handle.flush()
             except (OSError, ValueError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                raise WriteError(f"Could not write the {self.what} to {self.path} ({reason}).") from None
+                raise self._failed(exc) from None
             return
         if self.tmp is None:
             raise RuntimeError("this output was already committed or discarded")
@@ -83,11 +82,14 @@ class PendingFile:
             os.replace(tmp, self.path)
         except (OSError, ValueError) as exc:
             tmp.unlink(missing_ok=True)
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise WriteError(f"Could not write the {self.what} to {self.path} ({reason}).") from None
+            raise self._failed(exc) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _failed(self, exc: OSError | ValueError) -> WriteError:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return WriteError(f"Could not write the {self.what} to {self.path} ({reason}).")
 
     def discard(self) -> None:
         self.direct = False

@@ -147,12 +147,10 @@ def pipeline_class(family: Family) -> Any:
 def _built(family: Family, name: str, device: str, dtype: torch.dtype, tiny: bool, vae: str | None) -> Any:
     component = family.component(name)
     assert component is not None, f"{family.name} has no {name}"
-    path = component.tiny if tiny else (family.vaes[vae] if name == "vae" and vae is not None else component.config)
-    config = data_config(path)
-    if tiny and name == "vae" and vae is not None:  # the tiny VAE takes the chosen VAE's switches, not its widths
-        config = {**config, "force_upcast": data_config(family.vaes[vae]).get("force_upcast", False)}
-    elif tiny and name == "vae":
-        config = {**config, "force_upcast": data_config(component.config).get("force_upcast", False)}
+    chosen = family.vaes[vae] if name == "vae" and vae is not None else component.config
+    config = data_config(component.tiny if tiny else chosen)
+    if tiny and name == "vae":  # the tiny VAE takes the chosen VAE's switches, not its widths
+        config = {**config, "force_upcast": data_config(chosen).get("force_upcast", False)}
     with _construction(device, dtype):
         return BUILDERS[component.builder](config)
 

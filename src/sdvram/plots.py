@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sdvram.errors import InputError
-from sdvram.pipelines import find_family
+from sdvram.pipelines import DEFAULT, find_family
 from sdvram.requests import switch_label
 from sdvram.stages import label
 from sdvram.units import GIB
@@ -61,7 +61,7 @@ def matching_points(sweep: dict[str, Any]) -> list[dict[str, Any]]:
     checker, switches) and its aspect ratio."""
     aw, ah = sweep["aspect"]
     return [p for p in measured_points()
-            if p.get("pipeline", "sd15-img2img") == sweep.get("pipeline", "sd15-img2img")
+            if p.get("pipeline", DEFAULT) == sweep.get("pipeline", DEFAULT)
             and p["dtype"] == sweep["dtype"] and p["batch"] == sweep["batch"]
             and (p["guidance"] > 1) == (sweep["guidance"] > 1) and p["safety_checker"] == sweep["safety_checker"]
             and sorted(p["switches"]) == sorted(sweep["switches"]) and p["width"] * ah == p["height"] * aw]
@@ -119,7 +119,7 @@ def sweep_figure(sweep: dict[str, Any]) -> Any:
                      marker="x", s=70, color="tab:red", zorder=5, label="measured (" + ", ".join(
                          sorted({p["gpu_name"] for p in points})) + ")")
     aw, ah = sweep["aspect"]
-    title = find_family(sweep.get("pipeline", "sd15-img2img")).title
+    title = find_family(sweep.get("pipeline", DEFAULT)).title
     axes.set_title(f"{title}, peak GPU memory against image size (aspect {aw}:{ah})\n"
                    f"{settings_line(sweep)}" + "".join(f"\n{line}" for line in above), fontsize=11)
     axes.set_ylim(0, top)
@@ -192,7 +192,7 @@ def timeline_figure(record: dict[str, Any]) -> Any:
                   fontsize=8, arrowprops={"arrowstyle": "->", "color": "0.3"})
     inputs, settings = record["inputs"], record["settings"]
     device = record["environment"].get("simulated_gpu") or record["environment"].get("gpu_name") or settings["device"]
-    title = find_family(record["settings"].get("pipeline", "sd15-img2img")).title
+    title = find_family(record["settings"].get("pipeline", DEFAULT)).title
     axes.set_title(f"{title} memory over the run, {record['kind']}d on {device}\n"
                    f"{inputs['pipeline_width']} x {inputs['pipeline_height']} px, {settings['dtype']}, batch "
                    f"{settings['batch']}, {settings['steps']} steps x strength {settings['strength']:g}",

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sdvram.stages import label
+from sdvram.verdicts import DOES_NOT_FIT
 
 RECORD_VERSION = 2  # bump when a field changes meaning (1: the records made before the run engine)
 
@@ -109,7 +110,7 @@ class Fit:
 
     @property
     def fits(self) -> bool:
-        return self.verdict != "does not fit"
+        return self.verdict != DOES_NOT_FIT
 
 
 @dataclass

@@ -19,7 +19,7 @@ from rich.text import Text
 from sdvram.calibrated import Calibrated
 from sdvram.estimate import Estimate
 from sdvram.formula import OVERHEAD_DENOMINATOR, OVERHEAD_NUMERATOR
-from sdvram.pipelines import find_family
+from sdvram.pipelines import DEFAULT, find_family
 from sdvram.record import Record
 from sdvram.requests import switch_label, switches_on
 from sdvram.stages import STAGES, label, term_label
@@ -397,11 +397,11 @@ def fit_table(result: Any, units: Units) -> Group:
         answer = Text(f"Nothing fits the {data['gpu_name']}, with any switches.", style="bold red")
     own = data.get("image")
     if own is not None:  # the image's own size first, in the words simulate uses for the same run
-        word = {"fits": "fits", "tight": "is tight on", "does not fit": "does not fit"}[own["verdict"]]
+        word = {FITS: "fits", TIGHT: "is tight on", DOES_NOT_FIT: "does not fit"}[own["verdict"]]
         answer = Text(f"{own['width']} x {own['height']} {word} {data['gpu']} with no switches (needs "
                       f"{format_bytes(own['decided_on'], units)} of {format_bytes(own['capacity'], units)} usable)\n",
-                      style={"fits": "bold green", "tight": "bold yellow"}.get(own["verdict"], "bold red")) + answer
-    family = find_family(data.get("pipeline", "sd15-img2img"))
+                      style={FITS: "bold green", TIGHT: "bold yellow"}.get(own["verdict"], "bold red")) + answer
+    family = find_family(data.get("pipeline", DEFAULT))
     heading = Text(f"Simulated, {family.title}: aspect {w}:{h}, batch {data['batch']}, {data['dtype']}"
                    + (f", safety checker {'on' if data['safety_checker'] else 'off'}" if family.has_safety_checker
                       else "") + f"\ncard: {data['gpu_name']}, "
@@ -434,7 +434,7 @@ def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
     peak, whether it fits."""
     aw, ah = sweep["aspect"]
     switches = switch_label(sweep["switches"])
-    family = find_family(sweep.get("pipeline", "sd15-img2img"))
+    family = find_family(sweep.get("pipeline", DEFAULT))
     formula = family.seed_formula
     parts: list[Any] = [Text(f"Simulated {family.title}" + (f" (VAE {sweep['vae']})" if sweep.get("vae") else "")
                              + f", aspect {aw}:{ah}, {sweep['dtype']}, batch {sweep['batch']}, "
@@ -458,7 +458,7 @@ def sweep_tables(sweep: dict[str, Any], units: Units) -> Group:
         table.add_column("peak in")
         table.add_column("verdict", justify="center")
         for row in rows:
-            fits = row.get("verdict") or ("" if row["fits"] is None else ("fits" if row["fits"] else "does not fit"))
+            fits = row.get("verdict") or ("" if row["fits"] is None else (FITS if row["fits"] else DOES_NOT_FIT))
             stage = SHORT_STAGE.get(row["peak_stage"], label(row["peak_stage"]))
             cells = [f"{row['width']} x {row['height']}", f"{row['megapixels']:.2f}"]
             cells += [format_number(row["formula_total"], units)] if formula else []

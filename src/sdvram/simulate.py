@@ -41,7 +41,13 @@ from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 from sdvram.accounting import Accountant, LiveBytes
-from sdvram.allocator import AllocatorAccountant, AllocatorOutOfMemory, CachingAllocator
+from sdvram.allocator import (
+    K_LARGE_BUFFER,
+    K_SMALL_BUFFER,
+    AllocatorAccountant,
+    AllocatorOutOfMemory,
+    CachingAllocator,
+)
 from sdvram.attention import (
     CPU_FLASH,
     CUDNN,
@@ -79,7 +85,7 @@ from sdvram.meters import (
     template_of,
 )
 from sdvram.pipeline import apply_switches, build_order, build_pipeline, reset_switches
-from sdvram.pipelines import IMAGE_AND_MASK, Family, find_family
+from sdvram.pipelines import DEFAULT, IMAGE_AND_MASK, Family, find_family
 from sdvram.record import Fit, Record, Simulation
 from sdvram.requests import RunRequest, Settings, SimulateOptions
 from sdvram.stages import label
@@ -103,10 +109,10 @@ class Simulator:
     """The pipeline built once on ``meta``, run for as many requests as wanted (sweeps build once)."""
 
     def __init__(self, architecture: Architecture = Architecture.full, dtype: DType = DType.float16,
-                 safety_checker: bool = False, pipeline: str = "sd15-img2img", vae: str | None = None) -> None:
+                 safety_checker: bool = False, pipeline: str = DEFAULT, vae: str | None = None) -> None:
         self.family: Family = find_family(pipeline)
         self.build: Build = (self.family.name, architecture, dtype, safety_checker, vae)
-        self.architecture, self.dtype, self.safety_checker = architecture, dtype, safety_checker
+        self.dtype = dtype
         # Built under a meter that logs every allocation and free, so that each run's load stage makes them
         # again in the order a GPU would (the order of construction, temporaries included).
         builder = LiveTensorMeter("meta", LiveBytes())
@@ -782,9 +788,9 @@ class AttentionModel:
 
 # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one segment per pool that grows by mapping pages, kLargeBuffer
 # (20 MiB) for the large pool and kSmallBuffer (2 MiB) for the small (CUDACachingAllocator.cpp, ExpandableSegment):
-# free pages between blocks are unmapped before an out-of-memory error, so what the run needs is close to its peak
-# allocated, a partly used page per pool more. An estimate from the peak, not a simulation of that allocator.
-EXPANDABLE_PAGES = 20 * 2**20 + 2 * 2**20
+# free pages between blocks are unmapped before an out-of-memory error, so what the run needs is its peak allocated
+# in whole large pages, and a partly used small page more. An estimate from the peak, not a simulation of that
+# allocator.
 
 
 def _fit(gpu: GpuSpec, meter: LiveTensorMeter, peak_allocated: int, peak_reserved: int | None) -> Fit | None:
@@ -792,8 +798,7 @@ def _fit(gpu: GpuSpec, meter: LiveTensorMeter, peak_allocated: int, peak_reserve
     if not gpu.is_cuda or gpu.memory is None or gpu.capacity is None:
         return None
     margin = margin_for(gpu)
-    large = 20 * 2**20
-    expandable_need = -(-peak_allocated // large) * large + EXPANDABLE_PAGES - large
+    expandable_need = -(-peak_allocated // K_LARGE_BUFFER) * K_LARGE_BUFFER + K_SMALL_BUFFER
     expandable = judge(expandable_need <= gpu.capacity, expandable_need, gpu.capacity, margin)
     common: dict[str, Any] = {"capacity": gpu.capacity, "card_memory": gpu.memory, "context": gpu.context,
                               "held_by_others": gpu.held_by_others, "expandable": expandable}

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from sdvram.choices import Architecture, DType, Kernel, Weights  # noqa: E402
+from sdvram.choices import Architecture, DType, Kernel, Offload, Weights  # noqa: E402
 from sdvram.errors import InputError  # noqa: E402
 from sdvram.gpus import CPU, GPUS, custom_gpu  # noqa: E402
 from sdvram.profiler import profile  # noqa: E402
@@ -63,6 +63,62 @@ def test_replaying_unet_calls_sends_the_allocator_the_same_events() -> None:
     assert summary == [(s.name, s.allocated_start, s.peak_allocated, s.allocated_end, s.peak_reserved, s.peak_call)
                        for s in every_call.stages]
     assert replayed.simulation.attention_calls == every_call.simulation.attention_calls
+
+
+def figures(record) -> dict:
+    """A record as JSON without the stages' wall times (the one figure that is not a function of the request)."""
+    data = record.to_json()
+    for stage in data["stages"]:
+        del stage["wall_s"]
+    return data
+
+
+# Settings whose module calls log differently (tiles, per-layer offload, sliced attention, explain's owners, the
+# timeline's steps): each is run in a fresh simulator and in one that ran all the others first, sizes in common.
+SHARED_RUNS = [
+    ({"vae_tiling": True}, (256, 320), {}),
+    ({"offload": Offload.sequential}, (64, 96), {}),
+    ({"offload": Offload.model, "vae_tiling": True}, (256, 320), {}),
+    ({"attention_slicing": "auto"}, (64, 96), {"explain": True}),
+    ({}, (64, 96), {"timeline": True}),
+    ({}, (256, 320), {"attention": Kernel.math}),
+]
+
+
+@pytest.mark.parametrize("target", ["t4", "cpu"])
+def test_runs_that_share_a_simulator_give_what_a_fresh_one_gives(target: str) -> None:
+    """A simulator keeps its module calls' logs across runs (``CallReplay``'s memo) and its op cache: a run's record
+    must not depend on what the simulator ran before it."""
+    gpu = CPU if target == "cpu" else GPUS[target]
+    runs = [(settings, size, options) for settings, size, options in SHARED_RUNS
+            if gpu.is_cuda or "offload" not in settings]
+
+    def request(settings: dict, size: tuple[int, int]) -> RunRequest:
+        return RunRequest(height=size[0], width=size[1], architecture=Architecture.tiny, dtype=DType.float16,
+                          settings=Settings(steps=4, strength=1.0, **settings))
+
+    shared = Simulator(Architecture.tiny, DType.float16)
+    for settings, size, options in runs:  # every setting once, so that each later run finds logs of the others
+        shared.run(request(settings, size), SimulateOptions(gpu, **options))
+    for settings, size, options in runs:
+        options = SimulateOptions(gpu, **options)
+        fresh = Simulator(Architecture.tiny, DType.float16).run(request(settings, size), options)
+        again = shared.run(request(settings, size), options)
+        assert figures(again) == figures(fresh), (settings, size, options)
+
+
+def test_the_op_cache_changes_no_figure() -> None:
+    """The meter's op cache stands a cached output template in for an op whose inputs have the same metadata: views
+    at other places in their storage (the VAE's tile blending cuts one row at a time) and pointwise ops with other
+    float scalars (each row's blend weight) share entries. Without the cache every op runs its meta kernel."""
+    request = RunRequest(height=256, width=320, architecture=Architecture.tiny, dtype=DType.float16,
+                         settings=Settings(steps=4, strength=1.0, vae_tiling=True, attention_slicing="auto"))
+    cached = Simulator(Architecture.tiny, DType.float16)
+    uncached = Simulator(Architecture.tiny, DType.float16)
+    uncached._op_cache = None  # every op through its kernel
+    options = SimulateOptions(GPUS["t4"], replay=False)
+    assert figures(cached.run(request, options)) == figures(uncached.run(request, options))
+    assert len(cached._op_cache) > 0
 
 
 @pytest.fixture(scope="module")

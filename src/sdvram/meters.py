@@ -397,7 +397,7 @@ class LiveTensorMeter(TorchDispatchMode):
         self._peak_requested = 0
         self._snapshot: Snapshot | None = None
         self._cache = cache
-        self._cacheable: dict[Any, bool] = {}
+        self._cacheable: dict[Any, tuple[bool, bool]] = {}  # op -> (cached at all, pointwise)
 
     def __enter__(self) -> LiveTensorMeter:
         super().__enter__()
@@ -705,15 +705,24 @@ class LiveTensorMeter(TorchDispatchMode):
                 self.track(value)
 
     def _cache_key(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
-        cacheable = self._cacheable.get(func)
-        if cacheable is None:
+        """The op cache's key for a call of ``func`` (None: not cached). Only an op that mutates nothing and
+        returns no alias of an input is cached: its outputs are new storages, whose shapes and strides follow
+        its inputs' shapes, strides and dtypes, not where a view starts in its storage (so rows cut from one
+        tensor share an entry: the VAE's tile blending is one such op per pixel row); and a pointwise op's
+        float scalars decide only values, and by their type the result's dtype (type promotion looks at a
+        scalar's kind, never its value), so a scale that changes from row to row shares an entry too."""
+        kind = self._cacheable.get(func)
+        if kind is None:
             schema = func._schema
-            cacheable = not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
-            self._cacheable[func] = cacheable
+            kind = self._cacheable[func] = (not schema.is_mutable and all(r.alias_info is None for r in schema.returns),
+                                            torch.Tag.pointwise in func.tags)
+        cacheable, pointwise = kind
         if not cacheable:
             return None
         parts: list[Any] = [func]
-        if not _key_parts(parts, args) or not _key_parts(parts, tuple(kwargs.items())):
+        floats = not pointwise
+        if (not _key_parts(parts, args, offsets=False, floats=floats)
+                or not _key_parts(parts, tuple(kwargs.items()), offsets=False, floats=floats)):
             return None
         return tuple(parts)
 
@@ -721,10 +730,11 @@ class LiveTensorMeter(TorchDispatchMode):
 _SCALARS = (int, float, bool, str, torch.dtype, torch.device, torch.memory_format, torch.layout)
 
 
-def _key_parts(parts: list[Any], values: Any, any_device: bool = False, offsets: bool = True) -> bool:
+def _key_parts(parts: list[Any], values: Any, any_device: bool = False, offsets: bool = True,
+               floats: bool = True) -> bool:
     """Append a hashable description of ``values`` (tensors by metadata only); False when one cannot be.
     Tensors must be on meta unless ``any_device`` (a host tensor's values are then ignored). ``offsets``: a
-    view's place in its storage is part of it (an op's views depend on it; a whole call's allocations do not)."""
+    view's place in its storage is part of it. ``floats``: a float's value is part of it (else its type only)."""
     for value in values:
         if isinstance(value, torch.Tensor):
             if value.device.type != "meta" and not any_device:
@@ -733,12 +743,14 @@ def _key_parts(parts: list[Any], values: Any, any_device: bool = False, offsets:
             parts.append((value.device.type, value.shape, value.stride(), value.dtype, offset))
         elif isinstance(value, (tuple, list)):
             parts.append(("(", len(value)))
-            if not _key_parts(parts, value, any_device, offsets):
+            if not _key_parts(parts, value, any_device, offsets, floats):
                 return False
         elif isinstance(value, dict):  # SDXL's added_cond_kwargs: {"text_embeds": ..., "time_ids": ...}
             parts.append(("{", len(value)))
-            if not _key_parts(parts, tuple(value.items()), any_device, offsets):
+            if not _key_parts(parts, tuple(value.items()), any_device, offsets, floats):
                 return False
+        elif type(value) is float and not floats:
+            parts.append(float)
         elif value is None or isinstance(value, _SCALARS):
             parts.append((type(value), value))
         else:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -138,6 +138,7 @@ class Simulator:
                 for name, sub in module.named_modules():
                     self.names[id(sub)] = f"{component}.{name}" if name else component
         self._op_cache: dict[Any, Any] = {}  # shared by every run: meta output shapes by input metadata
+        self._calls: dict[Any, Any] = {}  # shared by every run: module calls' logs (CallReplay)
 
     def accepts(self, request: RunRequest, gpu: GpuSpec) -> bool:
         """Was this simulator built for what ``request`` runs?"""
@@ -184,7 +185,14 @@ class Simulator:
                 mask = self._stand_in((images, 1, height, width), host_is_device=not gpu.is_cuda)
             exits.enter_context(self._meta_patches(image, mask, not gpu.is_cuda, batch))
             exits.enter_context(_conversions(meter, self.pipe))
-            replay = CallReplay(meter, attention, enabled=options.replay)
+            # what shapes a module call's events beyond its arguments (CallReplay): the GPU's kernels, the switches
+            # that change a call, the owners explain names. A timeline keeps its own logs: a replayed call's steps
+            # show the reserved bytes where the call began (its own new segments appear after it), so a run's
+            # timeline would differ with what ran before it.
+            context = (gpu.sm if gpu.is_cuda else None, options.attention, request.settings.attention_slicing,
+                       request.settings.offload, options.explain)
+            memo = None if options.timeline else self._calls
+            replay = CallReplay(meter, attention, options.replay, memo, context, libraries)
             vae = self.pipe.vae
             exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap("unet")),
                                          (vae.encoder, "forward", replay.wrap("vae.encoder")),
@@ -389,8 +397,24 @@ class GpuLibraries:
     def __init__(self, gpu: GpuSpec) -> None:
         self.cublas, self.cublaslt = cublas_workspaces(gpu.sm)
         self.blas_ready = False
-        self.largest: dict[str, int] = {}
+        self.largest: dict[str, int] = {}  # the largest workspace of each kind so far (the record's "workspaces")
         self.upsampled: int | None = None  # the storage of the last nearest-neighbour upsample's output
+
+    @contextmanager
+    def noting(self) -> Iterator[dict[str, int]]:
+        """The largest workspace of each kind that the block allocates (a logged call's, for its replays in later
+        runs, ``merge``), added to ``largest`` afterwards."""
+        outer, self.largest = self.largest, {}
+        noted = self.largest
+        try:
+            yield noted
+        finally:
+            self.largest = outer
+            self.merge(noted)
+
+    def merge(self, noted: dict[str, int]) -> None:
+        for kind, size in noted.items():
+            self.largest[kind] = max(self.largest.get(kind, 0), size)
 
     def warm(self, meter: LiveTensorMeter) -> None:
         """Hold the cuBLAS workspaces now, as a process that already ran a matrix multiply holds them."""
@@ -629,31 +653,57 @@ class CallReplay:
     any accountant (the allocator model too) sees what the call would have made it see. A call is memoised only
     when its log shows it left nothing behind but its outputs, each a fresh storage. The 41 UNet calls of a run
     cost one; ``tests/test_simulate.py`` checks runs with and without it agree.
+
+    The logs outlive the run (``memo``, the simulator's): the runs of one process (a fit search, a sweep, the
+    advice after a failed run) replay each other's calls too: every VAE tile of one size, the UNet at a size
+    tried before. A log is kept under everything else that shapes the call's events: ``context`` (the run's
+    settings that change what a call does: the GPU's kernels, the attention choice, attention slicing, offload,
+    explain's owners) and whether the cuBLAS workspaces are held when the call starts (``libraries``); with it
+    are kept the attention calls and the largest workspaces the call made, which a replay adds to the run's
+    record. ``replayed`` counts what the run's own earlier calls would have let it replay, so that a record does
+    not depend on what the process ran before it.
     """
 
-    def __init__(self, meter: LiveTensorMeter, attention: AttentionModel, enabled: bool = True) -> None:
+    def __init__(self, meter: LiveTensorMeter, attention: AttentionModel, enabled: bool = True,
+                 memo: dict[Any, Any] | None = None, context: Any = (), libraries: GpuLibraries | None = None) -> None:
         self.meter, self.attention, self.enabled = meter, attention, enabled
-        self.memo: dict[Any, tuple[EventLog, Any, list[int], Counter[tuple[str, int, int, str]]]] = {}
+        # key -> (the log, the outputs' template, their keys in the log, the attention calls, the workspaces noted)
+        self.memo: dict[Any, tuple[EventLog, Any, list[int], Counter[tuple[str, int, int, str]], dict[str, int]]] = \
+            {} if memo is None else memo
+        self.context, self.libraries = context, libraries
+        self.called: set[Any] = set()  # the keys of this run's calls
         self.replayed: Counter[str] = Counter()
+
+    def _key(self, name: str, args: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        """The memo's key for a call (None: not to be memoised) and its memo entry (None: not logged yet). A call
+        found in the memo is counted as replayed where an earlier call of this run had the same key."""
+        arguments = call_key(args, kwargs) if self.enabled else None
+        if arguments is None:
+            return None, None
+        key = (name, self.context, self.libraries.blas_ready if self.libraries is not None else None, arguments)
+        if key in self.memo and key in self.called:
+            self.replayed[name] += 1
+        self.called.add(key)
+        return key, self.memo.get(key)
 
     def wrap(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             def forward(*args: Any, **kwargs: Any) -> Any:
-                arguments = call_key(args, kwargs) if self.enabled else None
-                key = (name, arguments) if arguments is not None else None
-                if key is not None and key in self.memo and self.meter.log is None:
-                    log, template, outputs, calls = self.memo[key]
-                    self.replayed[name] += 1
-                    self.attention.calls.update(calls)
-                    return self.meter.replay(log, template, outputs)
                 if self.meter.log is not None:  # inside another logged call: its log holds this one's events
                     return original(*args, **kwargs)
+                key, entry = self._key(name, args, kwargs)
+                if entry is not None:
+                    log, template, outputs, calls, noted = entry
+                    self.attention.calls.update(calls)
+                    if self.libraries is not None:
+                        self.libraries.merge(noted)
+                    return self.meter.replay(log, template, outputs)
                 before = Counter(self.attention.calls)
-                with self.meter.recording() as log:
+                with self._noting() as noted, self.meter.recording() as log:
                     out = original(*args, **kwargs)
                 live = self.meter.live_keys(out)
                 if key is not None and live is not None and _self_contained(log, live, out):
-                    self.memo[key] = (log, template_of(out), live, self.attention.calls - before)
+                    self.memo[key] = (log, template_of(out), live, self.attention.calls - before, noted)
                 return out
 
             return forward
@@ -666,23 +716,27 @@ class CallReplay:
         made and freed, and returns the argument (on meta there are no values to blend)."""
         def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             def call(*args: Any, **kwargs: Any) -> Any:
-                arguments = call_key(args, kwargs) if self.enabled else None
-                key = (name, arguments) if arguments is not None else None
-                if key is not None and key in self.memo and self.meter.log is None:
-                    self.replayed[name] += 1
-                    self.meter.replay(self.memo[key][0], None, [])
-                    return args[returns]
                 if self.meter.log is not None:
                     return original(*args, **kwargs)
-                with self.meter.recording() as log:
+                key, entry = self._key(name, args, kwargs)
+                if entry is not None:
+                    if self.libraries is not None:
+                        self.libraries.merge(entry[4])
+                    self.meter.replay(entry[0], None, [])
+                    return args[returns]
+                with self._noting() as noted, self.meter.recording() as log:
                     out = original(*args, **kwargs)
                 if key is not None and out is args[returns] and _self_contained(log, [], None):
-                    self.memo[key] = (log, None, [], Counter())
+                    self.memo[key] = (log, None, [], Counter(), noted)
                 return out
 
             return call
 
         return wrapper
+
+    def _noting(self) -> Any:
+        """The workspaces a logged call allocates (``GpuLibraries.noting``; nothing without a GPU)."""
+        return self.libraries.noting() if self.libraries is not None else nullcontext({})
 
 
 def _self_contained(log: EventLog, outputs: list[int], out: Any) -> bool:

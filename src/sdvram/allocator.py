@@ -38,6 +38,11 @@ K_SMALL_BUFFER = 2_097_152  # kSmallBuffer: "small" allocations are packed in 2 
 K_LARGE_BUFFER = 20_971_520  # kLargeBuffer: allocations between 1 and 10 MiB share 20 MiB segments
 K_MIN_LARGE_ALLOC = 10_485_760  # kMinLargeAlloc: from 10 MiB a request gets a segment of its own size
 K_ROUND_LARGE = 2_097_152  # kRoundLarge: large segments are rounded up to 2 MiB
+# A pool is a list of free blocks sorted by size, then address, as the allocator's BlockPool set is ordered
+# (BlockComparatorSize); each is kept as one integer, size << ADDRESS_BITS | address, which sorts the same and
+# compares faster than a pair. Device addresses are below 2**64.
+ADDRESS_BITS = 64
+ADDRESS_MASK = (1 << ADDRESS_BITS) - 1
 SEGMENT_ALIGNMENT = K_ROUND_LARGE  # where the model places segments when no address is given (cudaMalloc
 # returns addresses aligned to at least 256 bytes; 2 MiB keeps the model's addresses readable)
 
@@ -112,7 +117,7 @@ class CachingAllocator:
         self.capacity = capacity
         self._segment_address = segment_address
         self._next_address = SEGMENT_ALIGNMENT
-        self._free: dict[bool, list[tuple[int, int]]] = {True: [], False: []}  # pool -> sorted (size, addr)
+        self._free: dict[bool, list[int]] = {True: [], False: []}  # pool -> sorted pool keys (``_key``)
         self._free_blocks: dict[int, Block] = {}  # addr -> free block
         self.segments: dict[int, Segment] = {}  # live segments by index
         self._segment_count = 0
@@ -129,8 +134,9 @@ class CachingAllocator:
             (size + K_MIN_BLOCK_SIZE - 1) // K_MIN_BLOCK_SIZE * K_MIN_BLOCK_SIZE
         small = rounded <= K_SMALL_SIZE
         pool = self._free[small]
-        at = bisect_left(pool, (rounded, -1))
-        block = self._free_blocks.pop(pool.pop(at)[1]) if at < len(pool) else self._alloc_block(rounded, small)
+        at = bisect_left(pool, rounded << ADDRESS_BITS)
+        block = self._free_blocks.pop(pool.pop(at) & ADDRESS_MASK) if at < len(pool) else \
+            self._alloc_block(rounded, small)
         remaining_size = block.size - rounded
         if remaining_size >= K_MIN_BLOCK_SIZE if small else remaining_size > K_SMALL_SIZE:
             remaining = block
@@ -142,7 +148,7 @@ class CachingAllocator:
             remaining.prev = block
             remaining.addr += rounded
             remaining.size = remaining_size
-            insort(pool, (remaining_size, remaining.addr))
+            insort(pool, remaining_size << ADDRESS_BITS | remaining.addr)
             self._free_blocks[remaining.addr] = remaining
         block.allocated = True
         block.requested = size
@@ -166,7 +172,7 @@ class CachingAllocator:
         pool, free_blocks = self._free[block.small], self._free_blocks
         prev, after = block.prev, block.next
         if prev is not None and not prev.allocated:
-            del pool[bisect_left(pool, (prev.size, prev.addr))]
+            del pool[bisect_left(pool, prev.size << ADDRESS_BITS | prev.addr)]
             del free_blocks[prev.addr]
             block.addr = prev.addr
             block.prev = prev.prev
@@ -174,13 +180,13 @@ class CachingAllocator:
                 prev.prev.next = block
             block.size += prev.size
         if after is not None and not after.allocated:
-            del pool[bisect_left(pool, (after.size, after.addr))]
+            del pool[bisect_left(pool, after.size << ADDRESS_BITS | after.addr)]
             del free_blocks[after.addr]
             block.next = after.next
             if after.next is not None:
                 after.next.prev = block
             block.size += after.size
-        insort(pool, (block.size, block.addr))
+        insort(pool, block.size << ADDRESS_BITS | block.addr)
         free_blocks[block.addr] = block
 
     def empty_cache(self) -> None:
@@ -219,8 +225,8 @@ class CachingAllocator:
     def _release_cached_blocks(self) -> None:
         """Free every cached block that is a whole segment (``release_blocks`` on both pools)."""
         for small in (False, True):
-            for _, addr in list(self._free[small]):
-                block = self._free_blocks[addr]
+            for key in list(self._free[small]):
+                block = self._free_blocks[key & ADDRESS_MASK]
                 if not block.is_split():
                     self._remove_free(block)
                     del self.segments[block.segment]
@@ -229,7 +235,7 @@ class CachingAllocator:
 
     def _remove_free(self, block: Block) -> None:
         pool = self._free[block.small]
-        del pool[bisect_left(pool, (block.size, block.addr))]
+        del pool[bisect_left(pool, block.size << ADDRESS_BITS | block.addr)]
         del self._free_blocks[block.addr]
 
     # -- views ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from sdvram.gpus import GPUS  # noqa: E402
 from sdvram.profiler import profile  # noqa: E402
 from sdvram.requests import ProfileOptions, RunRequest, Settings  # noqa: E402
 from sdvram.simulate import SimulateOptions, Simulator  # noqa: E402
+from sdvram.sweep import sweep  # noqa: E402
 from sdvram.traces import allocation_series, load_trace  # noqa: E402
 from sdvram.units import GIB  # noqa: E402
 
@@ -59,6 +60,16 @@ def test_sweep_rows_are_the_h200_measurements(tmp_path: Path) -> None:
         assert (row["peak_allocated"], row["peak_reserved"]) == (measured["peak_allocated"],
                                                                  measured["peak_reserved"])
         assert row["fits"] is True and row["megapixels"] == pytest.approx(row["width"] * row["height"] / 1e6)
+
+
+def test_sweep_rows_do_not_depend_on_the_workers() -> None:
+    """The runs are shared out among worker processes, every n-th to each: put back in order, the rows are those of
+    one process running them all (here 3 shares of 6 runs, so each share holds runs of both cards)."""
+    request = RunRequest(architecture=Architecture.tiny, prompt="a cat", settings=Settings(steps=4, strength=1.0))
+    cards = [GPUS["t4"], GPUS["h100"]]
+    alone, shared = (sweep(request, [64, 128, 192], (3, 2), cards, workers=n).to_json() for n in (1, 3))
+    assert shared == alone
+    assert [(r["gpu"], r["width"]) for r in alone["rows"]] == [(g, w) for g in ("t4", "h100") for w in (64, 128, 192)]
 
 
 def test_sweep_csv_holds_the_json_rows(swept: dict[str, Path]) -> None:

@@ -8,6 +8,7 @@ Where ``fork`` is not available (or one worker is asked for), the jobs run one a
 from __future__ import annotations
 
 import multiprocessing
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -64,6 +65,12 @@ def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int
             process.join()
             connection.close()
     return [results[i] for i in range(len(jobs))]
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies (Linux)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from sdvram.engine import Progress
 from sdvram.fit import shape
 from sdvram.gpus import GpuSpec
+from sdvram.parallel import cores, run_side_by_side
 from sdvram.record import Record
 from sdvram.requests import RunRequest
 from sdvram.simulate import SimulateOptions, simulator_for
@@ -103,18 +106,38 @@ class SweepResult:
 
 
 def sweep(request: RunRequest, sides: list[int], aspect: tuple[int, int], gpus: list[GpuSpec],
-          progress: Progress | None = None) -> SweepResult:
+          progress: Progress | None = None, workers: int | None = None) -> SweepResult:
     """Simulate ``request`` at each long side of ``sides`` (the short side in proportion to ``aspect``) on each
-    card; the pipeline is built once per dtype and safety checker. A size that does not fit a card is simulated
-    to the end all the same (what it would need), and marked."""
-    rows = []
-    total = len(sides) * len(gpus)
+    card; the pipeline is built once per dtype and safety checker, here, before the runs are shared out among
+    ``workers`` processes (``parallel.py``; default: one per core), each taking every n-th run so that each
+    has small and large sizes. A size that does not fit a card is simulated to the end all the same (what it would
+    need), and marked. The rows do not depend on the number of workers."""
+    runs = [(gpu, side) for gpu in gpus for side in sides]
     for gpu in gpus:
-        simulator = simulator_for(request, gpu)
-        for side in sides:
-            width, height = shape(side, aspect)
-            run = replace(request, image=None, width=width, height=height)
-            rows.append(SweepRow.of(gpu, simulator.run(run, SimulateOptions(gpu))))
-            if progress is not None:
-                progress(len(rows), total)
+        simulator_for(request, gpu)  # built once, before the workers fork: they share it
+    count = max(1, min(workers or cores(), len(runs)))
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], len(runs))
+
+    shares = [runs[i::count] for i in range(count)]
+    found = run_side_by_side([partial(_rows, request, aspect, share) for share in shares], tick, count)
+    rows: list[SweepRow] = [None] * len(runs)  # type: ignore[list-item]  # each filled below
+    for i, share_rows in enumerate(found):
+        rows[i::count] = share_rows
     return SweepResult(request, aspect, gpus, rows)
+
+
+def _rows(request: RunRequest, aspect: tuple[int, int], runs: list[tuple[GpuSpec, int]],
+          tick: Callable[[], None]) -> list[SweepRow]:
+    """The rows of ``runs`` (card, long side), in order, ticking after each."""
+    rows = []
+    for gpu, side in runs:
+        width, height = shape(side, aspect)
+        run = replace(request, image=None, width=width, height=height)
+        rows.append(SweepRow.of(gpu, simulator_for(request, gpu).run(run, SimulateOptions(gpu))))
+        tick()
+    return rows

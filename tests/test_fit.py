@@ -15,6 +15,7 @@ pytest.importorskip("diffusers")
 from sdvram.cli import app  # noqa: E402
 from sdvram.fit import (  # noqa: E402
     UNIT,
+    advise,
     chains,
     combinations,
     largest,
@@ -98,6 +99,8 @@ def test_advice_lists_what_makes_a_run_fit_cheapest_first() -> None:
     again = simulator_for(request, card).run(
         RunRequest(height=1536, width=1536, settings=Settings(steps=10, vae_tiling=True)), SimulateOptions(card))
     assert again.simulation.fit.fits and again.peak_allocated == tiled["peak_allocated"]
+    # the combinations ran side by side in worker processes: one process running them in turn says the same
+    assert [o.to_json() for o in advise(request, card, workers=1)] == advice
 
 
 def test_advice_says_when_nothing_fits() -> None:

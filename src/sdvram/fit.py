@@ -16,7 +16,7 @@ from sdvram.choices import Offload
 from sdvram.engine import Progress
 from sdvram.gpus import GpuSpec
 from sdvram.inputs import MAX_SIDE
-from sdvram.parallel import run_side_by_side
+from sdvram.parallel import cores, run_side_by_side
 from sdvram.record import Record
 from sdvram.requests import RunRequest, Settings, switch_label
 from sdvram.simulate import SimulateOptions, Simulator, simulator_for
@@ -244,11 +244,20 @@ def fit(request: RunRequest, gpu: GpuSpec, aspect: tuple[int, int], progress: Pr
     return result
 
 
-def advise(request: RunRequest, gpu: GpuSpec) -> list[Option]:
+def advise(request: RunRequest, gpu: GpuSpec, workers: int | None = None) -> list[Option]:
     """For a request that does not fit ``gpu``: each useful combination of switches at the same size, cheapest
-    first, with whether it fits and its predicted peak."""
+    first, with whether it fits and its predicted peak. The combinations are simulated side by side in ``workers``
+    processes (``parallel.py``; default: one per core)."""
     simulator = simulator_for(request, gpu)
-    return [_try(simulator, request, gpu, switches) for switches in combinations(request.settings.batch)[1:]]
+    jobs = [partial(_advice, simulator, request, gpu, s) for s in combinations(request.settings.batch)[1:]]
+    return list(run_side_by_side(jobs, lambda: None, workers or cores()))
+
+
+def _advice(simulator: Simulator, request: RunRequest, gpu: GpuSpec, switches: tuple[str, ...],
+            tick: Callable[[], None]) -> Option:
+    option = _try(simulator, request, gpu, switches)
+    tick()
+    return option
 
 
 def simulate_with_advice(request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:

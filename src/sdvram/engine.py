@@ -12,6 +12,7 @@ Imports torch (through the meters' types only at call time): reached by profile 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import time
@@ -312,6 +313,13 @@ def _differences(record: Record) -> list[str]:
 
 def versions() -> dict[str, str | None]:
     """The installed versions of sdvram and the libraries whose behaviour the figures depend on."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    """``versions``, looked up once a process (each lookup reads the packages' metadata from disk; a fit search
+    makes a record for each of its forty runs)."""
     found: dict[str, str | None] = {}
     for package in VERSIONED:
         try:

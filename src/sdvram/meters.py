@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_unflatten
 
 from sdvram.accounting import Accountant
 from sdvram.allocator import AllocatorOutOfMemory
@@ -769,11 +769,16 @@ def call_key(args: Any, kwargs: dict[str, Any]) -> Any:
 
 
 def template_of(out: Any) -> Any:
-    """The structure of ``out`` with meta tensors replaced by their shape, strides and dtype."""
+    """The structure of ``out`` with meta tensors replaced by their shape, strides and dtype. Beyond tuples and
+    lists, a container PyTorch's pytree knows (transformers' ModelOutput, which a text encoder returns) is kept
+    as its tree spec and the templates of its leaves."""
     if isinstance(out, torch.Tensor):
         return ("T", tuple(out.shape), tuple(out.stride()), out.dtype)
     if isinstance(out, (tuple, list)):
         return (type(out), tuple(template_of(v) for v in out))
+    if type(out) in SUPPORTED_NODES:
+        leaves, spec = tree_flatten(out)
+        return ("P", spec, tuple(template_of(leaf) for leaf in leaves))
     return ("V", out)
 
 
@@ -783,6 +788,8 @@ def _build(template: Any) -> Any:
         return torch.empty_strided(template[1], template[2], dtype=template[3], device="meta")
     if tag == "V":
         return template[1]
+    if tag == "P":
+        return tree_unflatten([_build(leaf) for leaf in template[2]], template[1])
     return tag(_build(v) for v in template[1])
 
 

@@ -194,7 +194,10 @@ class Simulator:
             memo = None if options.timeline else self._calls
             replay = CallReplay(meter, attention, options.replay, memo, context, libraries)
             vae = self.pipe.vae
+            encoders = [(name, module) for name in ("text_encoder", "text_encoder_2")
+                        if isinstance(module := getattr(self.pipe, name, None), torch.nn.Module)]
             exits.enter_context(patched([(self.pipe.unet, "forward", replay.wrap("unet")),
+                                         *[(module, "forward", replay.wrap(name)) for name, module in encoders],
                                          (vae.encoder, "forward", replay.wrap("vae.encoder")),
                                          (vae.decoder, "forward", replay.wrap("vae.decoder")),
                                          (vae, "blend_v", replay.wrap_inplace("vae.blend_v", 1)),
@@ -646,22 +649,23 @@ class CpuOffload:
 
 class CallReplay:
     """Replays a call of a module whose arguments have the same metadata as a call already run, instead of running
-    its ops again: the UNet's (41 calls a run, ~1,700 ops each) and the VAE encoder's and decoder's (one call each,
-    or one per tile with VAE tiling). Exact, not approximate: on ``meta`` the ops and shapes depend only on that
-    metadata (no data-dependent branch; the timestep's value never shapes a tensor), so the call makes and frees
+    its ops again: the UNet's (41 calls a run, ~1,700 ops each), the text encoders' and the VAE encoder's and
+    decoder's (one call each, or one per tile with VAE tiling). Exact, not approximate: on ``meta`` the ops and
+    shapes depend only on that metadata (no data-dependent branch; the timestep's value never shapes a tensor; a
+    text encoder's token ids are a tensor of 77 whatever they hold), so the call makes and frees
     the same allocations in the same order; the replay sends that logged sequence to the accountant again, so
     any accountant (the allocator model too) sees what the call would have made it see. A call is memoised only
     when its log shows it left nothing behind but its outputs, each a fresh storage. The 41 UNet calls of a run
     cost one; ``tests/test_simulate.py`` checks runs with and without it agree.
 
-    The logs outlive the run (``memo``, the simulator's): the runs of one process (a fit search, a sweep, the
-    advice after a failed run) replay each other's calls too: every VAE tile of one size, the UNet at a size
-    tried before. A log is kept under everything else that shapes the call's events: ``context`` (the run's
-    settings that change what a call does: the GPU's kernels, the attention choice, attention slicing, offload,
-    explain's owners) and whether the cuBLAS workspaces are held when the call starts (``libraries``); with it
-    are kept the attention calls and the largest workspaces the call made, which a replay adds to the run's
-    record. ``replayed`` counts what the run's own earlier calls would have let it replay, so that a record does
-    not depend on what the process ran before it.
+    The logs outlive the run (``memo``, the simulator's): the runs of one process (a fit search, a sweep, the advice
+    after a failed run) replay each other's calls too: the text encoders' (the same prompt every run), every VAE
+    tile of one size, the UNet at a size tried before. A log is kept under everything else that shapes the call's
+    events: ``context`` (the run's settings that change what a call does: the GPU's kernels, the attention choice,
+    attention slicing, offload, explain's owners) and whether the cuBLAS workspaces are held when the call starts
+    (``libraries``); with it are kept the attention calls and the largest workspaces the call made, which a replay
+    adds to the run's record. ``replayed`` counts what the run's own earlier calls would have let it replay, so that
+    a record does not depend on what the process ran before it.
     """
 
     def __init__(self, meter: LiveTensorMeter, attention: AttentionModel, enabled: bool = True,

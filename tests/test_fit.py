@@ -70,6 +70,35 @@ def test_the_size_found_fits_and_the_next_does_not() -> None:
             assert record.peak_allocated == found.peak
 
 
+class Forgetful:
+    """A simulator that forgets its module calls' logs and its op cache before every run, as each run began before
+    the runs of a process shared them."""
+
+    def __init__(self, simulator) -> None:
+        self.simulator = simulator
+
+    def run(self, *args, **kwargs):
+        self.simulator._calls.clear()
+        self.simulator._op_cache.clear()
+        return self.simulator.run(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("vram", "aspect", "batch", "switches"), [
+    ("5GB", (3, 2), 1, ("vae_tiling",)),
+    ("6GB", (1, 1), 2, ("vae_slicing", "vae_tiling")),
+], ids=["5GB-3:2-b1-tiling", "6GB-1:1-b2-slicing-tiling"])
+def test_a_search_finds_what_it_found_before_its_runs_shared_their_logs(vram, aspect, batch, switches) -> None:
+    """Each probe of a search replays what earlier probes logged (tiles of a size seen before, the prompt's encoding):
+    the answer, its peaks included, is the one a search whose every run starts afresh finds (VAE tiling on: sides
+    above 512 px are tiled)."""
+    card = with_reserve(custom_gpu(vram), 0)
+    request = RunRequest(settings=Settings(steps=10, batch=batch))
+    simulator = simulator_for(request, card)
+    shared = largest(simulator, request, card, aspect, switches, lambda: None)
+    assert shared.fits and max(shared.width, shared.height) > 512
+    assert largest(Forgetful(simulator), request, card, aspect, switches, lambda: None) == shared
+
+
 def test_fit_on_a_card_too_small_for_the_weights(tmp_path) -> None:
     """A 1 GB card (1 GiB: 0.33 GiB usable after the CUDA context, nothing else on it) holds none of SD v1.5's
     2.1 GB of weights at once: only sequential offload, one layer at a time, runs."""

@@ -1,9 +1,10 @@
 """Time `sdvram fit`, the whole process (imports, building SD v1.5 on meta, the searches, the table), for cards
-from 8 GB to 141 GB, and count the simulated runs each search made.
+from 8 GB to 141 GB, and print the size each combination of switches found.
 
 Usage: python benchmarks/fit.py [CARD ...]   (default: an 8 GB sm89 card, rtx3060, rtx4090, a6000, h200)
-Target (issue "Make it fit"), on the 2-core development machine: the whole command under 30 s for the full table.
-Prints figures; asserts nothing.
+Targets, on the 2-core development machine: the whole command under 30 s for the full table (issue "Make it
+fit"); 2.5 F for rtx3060 and 3 F for the H200 (issue "Answers in seconds": benchmarks/speed.py measures F and
+prints those). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ class CachingAllocator:
         self.capacity = capacity
         self._segment_address = segment_address
         self._next_address = SEGMENT_ALIGNMENT
-        self._free: dict[bool, list[int]] = {True: [], False: []}  # pool -> sorted pool keys (``_key``)
+        self._free: dict[bool, list[int]] = {True: [], False: []}  # pool -> sorted size << ADDRESS_BITS | addr
         self._free_blocks: dict[int, Block] = {}  # addr -> free block
         self.segments: dict[int, Segment] = {}  # live segments by index
         self._segment_count = 0

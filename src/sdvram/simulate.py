@@ -649,8 +649,9 @@ class CpuOffload:
 
 class CallReplay:
     """Replays a call of a module whose arguments have the same metadata as a call already run, instead of running
-    its ops again: the UNet's (41 calls a run, ~1,700 ops each), the text encoders' and the VAE encoder's and
-    decoder's (one call each, or one per tile with VAE tiling). Exact, not approximate: on ``meta`` the ops and
+    its ops again: the UNet's (41 calls a run, ~1,700 ops each), the text encoders' (the prompt's and the negative
+    prompt's) and the VAE encoder's and decoder's (one call each, or one per tile with VAE tiling), and the tiles'
+    blending (``wrap_inplace``). Exact, not approximate: on ``meta`` the ops and
     shapes depend only on that metadata (no data-dependent branch; the timestep's value never shapes a tensor; a
     text encoder's token ids are a tensor of 77 whatever they hold), so the call makes and frees
     the same allocations in the same order; the replay sends that logged sequence to the accountant again, so

@@ -123,12 +123,9 @@ def sweep(request: RunRequest, sides: list[int], aspect: tuple[int, int], gpus: 
         if progress is not None:
             progress(done[0], len(runs))
 
-    shares = [runs[i::count] for i in range(count)]
+    shares = [runs[i::count] for i in range(count)]  # run k is the (k // count)-th of share k % count
     found = run_side_by_side([partial(_rows, request, aspect, share) for share in shares], tick, count)
-    rows: list[SweepRow] = [None] * len(runs)  # type: ignore[list-item]  # each filled below
-    for i, share_rows in enumerate(found):
-        rows[i::count] = share_rows
-    return SweepResult(request, aspect, gpus, rows)
+    return SweepResult(request, aspect, gpus, [found[k % count][k // count] for k in range(len(runs))])
 
 
 def _rows(request: RunRequest, aspect: tuple[int, int], runs: list[tuple[GpuSpec, int]],

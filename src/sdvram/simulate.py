@@ -407,8 +407,8 @@ class GpuLibraries:
     def noting(self) -> Iterator[dict[str, int]]:
         """The largest workspace of each kind that the block allocates (a logged call's, for its replays in later
         runs, ``merge``), added to ``largest`` afterwards."""
-        outer, self.largest = self.largest, {}
-        noted = self.largest
+        noted: dict[str, int] = {}
+        outer, self.largest = self.largest, noted
         try:
             yield noted
         finally:

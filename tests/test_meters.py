@@ -162,3 +162,53 @@ def test_cuda_meter_timeline_reads_the_allocator_trace() -> None:
     assert series == [(0, 0), (2 * MIB, 20 * MIB), (2 * MIB, 20 * MIB), (2 * MIB + 512, 22 * MIB),
                       (512, 22 * MIB)]
     cuda.free(b)
+
+
+# -- meta kernels written out (metakernels.py) against PyTorch's own ------------------------------------------
+def _described(outputs: tuple) -> list[tuple]:
+    return [(tuple(t.shape), t.stride(), t.dtype, t.storage_offset(), t.untyped_storage().nbytes()) for t in outputs]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 320, 64, 48), (1, 32, 1, 1), (2, 64, 77), (3, 128, 1, 9), (1, 4, 5, 6, 7)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_the_group_norm_meta_kernel_gives_what_pytorch_s_gives(dtype: str, shape: tuple, affine: bool) -> None:
+    from sdvram.metakernels import native_group_norm
+
+    kind = getattr(torch, dtype)
+    x = torch.empty(shape, dtype=kind, device="meta")
+    groups = 4 if shape[1] % 32 else 32
+    weight = torch.empty(shape[1], dtype=kind, device="meta") if affine else None
+    inner = x.numel() // (shape[0] * shape[1])
+    arguments = (x, weight, weight, shape[0], shape[1], inner, groups, 1e-5)
+    ours = native_group_norm(*arguments)
+    assert ours is not None
+    assert _described(ours) == _described(torch.ops.aten.native_group_norm.default(*arguments))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize(("shape", "normalized"), [((2, 4096, 320), (320,)), ((1, 77, 768), (768,)),
+                                                   ((2, 1, 64), (64,)), ((3, 5, 7, 8), (7, 8)), ((9,), (9,))])
+@pytest.mark.parametrize("affine", [True, False])
+def test_the_layer_norm_meta_kernel_gives_what_pytorch_s_gives(dtype: str, shape: tuple, normalized: tuple,
+                                                              affine: bool) -> None:
+    from sdvram.metakernels import native_layer_norm
+
+    kind = getattr(torch, dtype)
+    x = torch.empty(shape, dtype=kind, device="meta")
+    weight = torch.empty(normalized, dtype=kind, device="meta") if affine else None
+    ours = native_layer_norm(x, list(normalized), weight, weight, 1e-5)
+    assert ours is not None
+    theirs = torch.ops.aten.native_layer_norm.default(x, list(normalized), weight, weight, 1e-5)
+    assert _described(ours) == _described(theirs)
+
+
+def test_the_meta_kernels_leave_other_inputs_to_pytorch() -> None:
+    from sdvram.metakernels import native_group_norm, native_layer_norm
+
+    channels_last = torch.empty(2, 32, 8, 8, device="meta").to(memory_format=torch.channels_last)
+    assert native_group_norm(channels_last, None, None, 2, 32, 64, 32, 1e-5) is None
+    assert native_group_norm(torch.empty(2, 32, 8, 8), None, None, 2, 32, 64, 32, 1e-5) is None  # a CPU tensor
+    transposed = torch.empty(8, 64, device="meta").t()
+    assert native_layer_norm(transposed, [8], None, None, 1e-5) is None
+    assert native_layer_norm(torch.empty(4, 8, device="meta"), [9], None, None, 1e-5) is None  # a wrong shape

@@ -237,3 +237,15 @@ def test_after_running_out_of_memory_the_run_goes_on_and_frees_what_it_freed() -
     overflowed, fitted = (simulate(request, SimulateOptions(card)) for card in (small, large))
     assert not overflowed.simulation.fit.fits and fitted.simulation.fit.fits
     assert [(s.name, s.allocated_end) for s in overflowed.stages] == [(s.name, s.allocated_end) for s in fitted.stages]
+
+
+def test_the_written_out_meta_kernels_change_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GroupNorm and LayerNorm (metakernels.py) through the written-out kernels, and through PyTorch's own."""
+    import sdvram.meters
+
+    request = RunRequest(height=256, width=320, architecture=Architecture.tiny, dtype=DType.float16,
+                         settings=Settings(steps=4, strength=1.0, vae_tiling=True))
+    options = SimulateOptions(GPUS["t4"], replay=False)
+    ours = Simulator(Architecture.tiny, DType.float16).run(request, options)
+    monkeypatch.setattr(sdvram.meters, "META_KERNELS", {})
+    assert figures(Simulator(Architecture.tiny, DType.float16).run(request, options)) == figures(ours)

@@ -29,6 +29,7 @@ from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_unflatten
 
 from sdvram.accounting import Accountant
 from sdvram.allocator import AllocatorOutOfMemory
+from sdvram.metakernels import KERNELS as META_KERNELS
 
 NVML_SAMPLE_SECONDS = 0.005  # NVML's memory counters update about this often; finer sampling sees no more
 # The allocator trace's ring buffer for a GPU timeline: a whole 512 x 512 run at 10 steps made 43,544 events on
@@ -414,7 +415,10 @@ class LiveTensorMeter(TorchDispatchMode):
         if template is not None:
             out = _build(template)
         else:
-            out = func(*args, **kwargs)
+            kernel = META_KERNELS.get(func)
+            out = kernel(*args, **kwargs) if kernel is not None else None
+            if out is None:
+                out = func(*args, **kwargs)
             if key is not None and _fresh(out, args, kwargs):
                 self._cache[key] = template_of(out)  # type: ignore[index]
         self._track_all(out)

@@ -163,3 +163,39 @@ def test_simulate_bad_card_and_kernel_choices(args: list[str], message: str) -> 
     result = runner.invoke(app, ["simulate", "--h", "64", "--w", "64", *args])
     assert result.exit_code == 2
     assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+SIMULATE_64 = ["simulate", "--h", "64", "--w", "64", "--architecture", "tiny", "--gpu", "t4", "--steps", "2",
+               "--strength", "1", "--json", "-"]
+PROFILE = ["profile", str(IMAGES / "balloon--low-res.jpeg")]  # no CUDA device here: exit 3, torch loaded to see
+
+
+@pytest.mark.parametrize(("args", "code"), [(SIMULATE_64, 0), (PROFILE, 3)])
+def test_a_command_that_loaded_torch_ends_without_the_teardown(args: list[str], code: int) -> None:
+    """Once torch is loaded the process ends without tearing the interpreter down (cli._end_now): the result is
+    whole on standard output, the exit code is the command's, and the atexit handlers ran; a module-level
+    object's finalizer, which the teardown would run, did not."""
+    pytest.importorskip("diffusers")
+    script = (
+        "import atexit, sys\n"
+        "class Witness:\n    def __del__(self):\n        print('torn down', file=sys.stderr)\n"
+        "witness = Witness()\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "from sdvram.cli import main\nsys.argv = ['sdvram', *sys.argv[1:]]\nmain()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=False)
+    assert proc.returncode == code, proc.stderr
+    assert "atexit ran" in proc.stderr and "torn down" not in proc.stderr
+    if code == 0:
+        assert json.loads(proc.stdout)["inputs"]["pipeline_width"] == 64
+    else:
+        assert proc.stderr.startswith("error: No CUDA device is available")
+
+
+def test_a_command_that_never_loads_torch_exits_as_python_does() -> None:
+    """The estimate path leaves SystemExit to Python (its teardown is cheap without torch): the caller of main()
+    can go on, as the import test in test_cli_estimate.py does."""
+    script = ("import sys\nfrom sdvram.cli import main\nsys.argv = ['sdvram', 'estimate', '--h', '64', '--w', '64']\n"
+              "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code, file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert proc.stderr.strip().splitlines()[-1] == "exit 0"

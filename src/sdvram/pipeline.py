@@ -15,7 +15,7 @@ import sys
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -59,6 +59,7 @@ for _name in LAZY_PACKAGES:
 # ruff: noqa: E402 (the imports below come after that setting)
 # Each class from its own module: resolving them through diffusers' top-level lazy loader costs ~0.8 s more.
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.modeling_utils import no_init_weights
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.utils import logging as diffusers_logging
@@ -202,11 +203,13 @@ def quiet_library_warnings() -> Iterator[None]:
 
 @contextmanager
 def _construction(device: str, dtype: torch.dtype) -> Iterator[None]:
-    """Create parameters directly on ``device`` in ``dtype``: no fp32 copy on the way, no host round trip."""
+    """Create parameters directly on ``device`` in ``dtype``: no fp32 copy on the way, no host round trip. On meta
+    the ``torch.nn.init`` functions are skipped (diffusers' ``no_init_weights``, what its loader builds models under):
+    a meta tensor has no values to write, and SD v1.5's 756 calls took about 0.05 s of a 0.3 s build."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
+        with torch.device(device), no_init_weights() if device == "meta" else nullcontext():
             yield
     finally:
         torch.set_default_dtype(previous)

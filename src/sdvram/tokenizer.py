@@ -91,13 +91,15 @@ def clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 @cache
 def _tables() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     path = resources.files("sdvram") / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")[1 : MERGE_COUNT + 1]
-    merges = [tuple(line.split()) for line in lines]
+    # read up to the last merge only (a fifth of the file: the rest are merges CLIP does not use), streamed
+    with path.open("rb") as packed, gzip.open(packed, "rt", encoding="utf-8") as lines:
+        next(lines)  # the file's version line
+        merges = [tuple(next(lines).split()) for _ in range(MERGE_COUNT)]
     byte_symbols = list(_byte_encoder().values())
     symbols = byte_symbols + [s + END_OF_WORD for s in byte_symbols] + ["".join(m) for m in merges]
     symbols += [BOS, EOS]
-    vocab = {symbol: index for index, symbol in enumerate(symbols)}
-    ranks = {(a, b): index for index, (a, b) in enumerate(merges)}
+    vocab = dict(zip(symbols, range(len(symbols)), strict=True))
+    ranks = dict(zip(merges, range(len(merges)), strict=True))
     return vocab, ranks
 
 

@@ -94,7 +94,10 @@ def _tables() -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     # read up to the last merge only (a fifth of the file: the rest are merges CLIP does not use), streamed
     with path.open("rb") as packed, gzip.open(packed, "rt", encoding="utf-8") as lines:
         next(lines)  # the file's version line
-        merges = [tuple(next(lines).split()) for _ in range(MERGE_COUNT)]
+        merges: list[tuple[str, str]] = []
+        for _ in range(MERGE_COUNT):
+            first, second = next(lines).split()
+            merges.append((first, second))
     byte_symbols = list(_byte_encoder().values())
     symbols = byte_symbols + [s + END_OF_WORD for s in byte_symbols] + ["".join(m) for m in merges]
     symbols += [BOS, EOS]

@@ -33,7 +33,7 @@ def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int
         return [job(tick) for job in jobs]
     context = multiprocessing.get_context("fork")
     # Python's gc docs: freeze before fork, so that the children's collections neither walk nor touch (and so copy)
-    # the parent's objects, the built pipeline and the call logs among them: about 3% of a fit search's time here
+    # the parent's objects, the built pipeline and the call logs among them (a fit: 15.0 s against 15.5 s here)
     gc.freeze()
     results: dict[int, Any] = {}
     running: dict[Connection, tuple[int, Any]] = {}

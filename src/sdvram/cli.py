@@ -902,7 +902,7 @@ def _end_now(code: object) -> None:
     """End the process with ``code`` (as ``sys.exit`` takes it) after what a normal exit does that anyone sees:
     standard output and error flushed, the ``atexit`` handlers run (multiprocessing's, logging's, temporary files'
     finalizers, coverage's). What is skipped is the teardown of the modules: with torch, diffusers and transformers
-    loaded it frees hundreds of thousands of objects one by one, about 0.9 s on the 2-core development machine
+    loaded it frees hundreds of thousands of objects one by one, 0.6 to 0.9 s on the 2-core development machine
     (``benchmarks/imports.py`` measures it), a fifth of a simulation's whole process. Every result file is closed
     by then (``outputs.py`` writes them whole before the command returns)."""
     import atexit

@@ -212,3 +212,6 @@ def test_the_meta_kernels_leave_other_inputs_to_pytorch() -> None:
     transposed = torch.empty(8, 64, device="meta").t()
     assert native_layer_norm(transposed, [8], None, None, 1e-5) is None
     assert native_layer_norm(torch.empty(4, 8, device="meta"), [9], None, None, 1e-5) is None  # a wrong shape
+    wrong = torch.empty(9, device="meta")
+    assert native_layer_norm(torch.empty(4, 8, device="meta"), [8], wrong, None, 1e-5) is None  # PyTorch's raises
+    assert native_group_norm(torch.empty(2, 32, 8, 8, device="meta"), None, None, 2, 32, 60, 32, 1e-5) is None

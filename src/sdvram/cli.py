@@ -903,7 +903,7 @@ def _end_now(code: object) -> None:
     standard output and error flushed, the ``atexit`` handlers run (multiprocessing's, logging's, temporary files'
     finalizers, coverage's). What is skipped is the teardown of the modules: with torch, diffusers and transformers
     loaded it frees hundreds of thousands of objects one by one, 0.6 to 0.9 s on the 2-core development machine
-    (``benchmarks/imports.py`` measures it), a fifth of a simulation's whole process. Every result file is closed
+    (``benchmarks/imports.py`` measures it), about 15% of a simulation's whole process. Every result file is closed
     by then (``outputs.py`` writes them whole before the command returns)."""
     import atexit
     import os

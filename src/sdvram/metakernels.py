@@ -14,8 +14,9 @@ The functions here give the same outputs directly, read off those reference impl
   standard deviation keep the normalised dimensions as ones and stay in the computation dtype (float32 for
   float16 and bfloat16) off the CPU.
 
-Each answers only a contiguous input on the meta device (else None: the op's own kernel runs), so the memory
-format rules of the reference never come into it. ``tests/test_meters.py`` compares both with PyTorch's kernels
+Each answers only a contiguous input on the meta device whose sizes agree with the op's other arguments (else
+None: the op's own kernel runs, and raises where they disagree), so the memory format rules of the reference never
+come into it. ``tests/test_meters.py`` compares both with PyTorch's kernels
 over shapes, dtypes and optional weights; a simulation with them gives the same record as one without.
 """
 
@@ -32,7 +33,7 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)  # computed in float32 by the re
 
 def native_group_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, batch: int,
                       channels: int, inner: int, groups: int, eps: float) -> tuple[torch.Tensor, ...] | None:
-    if not _plain(input) or input.ndim < 2 or channels % groups:
+    if not _plain(input) or input.ndim < 2 or channels % groups or batch * channels * inner != input.numel():
         return None
     return (torch.empty(input.shape, dtype=input.dtype, device="meta"),
             torch.empty((batch, groups), dtype=input.dtype, device="meta"),
@@ -41,8 +42,9 @@ def native_group_norm(input: torch.Tensor, weight: torch.Tensor | None, bias: to
 
 def native_layer_norm(input: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
                       bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, ...] | None:
-    axis = input.ndim - len(normalized_shape)
-    if not _plain(input) or not normalized_shape or axis < 0 or tuple(input.shape[axis:]) != tuple(normalized_shape):
+    axis, normalized = input.ndim - len(normalized_shape), tuple(normalized_shape)
+    if (not _plain(input) or not normalized or axis < 0 or tuple(input.shape[axis:]) != normalized
+            or any(t is not None and tuple(t.shape) != normalized for t in (weight, bias))):
         return None
     stats = (*input.shape[:axis], *(1 for _ in normalized_shape))
     computation = torch.float32 if input.dtype in LOW_PRECISION else input.dtype

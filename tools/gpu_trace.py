@@ -1,6 +1,6 @@
 """Record the CUDA caching allocator's event trace (alloc/free/segment) of a real run and save it gzipped.
 
-usage: gpu_trace.py OUTFILE -- sdvram CLI args...  (the run is `sdvram ARGS` under record_memory_history)
+usage: gpu_trace.py OUTFILE [--] SDVRAM-ARGS...  (the run is `sdvram SDVRAM-ARGS` under record_memory_history)
        gpu_trace.py OUTFILE --decode H W           (weights of the VAE + one decode at HxW)
 
 Check a trace against the allocator model, on any machine: python tools/replay_trace.py OUTFILE
@@ -48,5 +48,5 @@ if sys.argv[2] == "--decode":
 else:
     import runpy
 
-    sys.argv = ["sdvram"] + sys.argv[3:]
+    sys.argv = ["sdvram"] + sys.argv[3 if sys.argv[2] == "--" else 2:]
     runpy.run_module("sdvram", run_name="__main__", alter_sys=True)

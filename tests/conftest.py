@@ -14,6 +14,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
 MEASURED = REPO / "docs" / "measurements" / "h200-2026-11-26"
+# the second lent H200 session: every other pipeline family, the SD v1.5 profiles again, fit's boundary
+MEASURED_FAMILIES = REPO / "docs" / "measurements" / "h200-2026-11-30"
 
 
 def load_tool(name: str) -> ModuleType:

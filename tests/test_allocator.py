@@ -1,10 +1,12 @@
 """The model of PyTorch's CUDA caching allocator: its rules one by one with sizes worked by hand from
-CUDACachingAllocator.cpp's constants, then the proof: two real allocator traces from an H200 replayed
-through it, every block at the real address and the segments and final snapshot equal."""
+CUDACachingAllocator.cpp's constants, then the proof: real allocator traces from an H200 (SD v1.5 and every
+other pipeline family) replayed through it, every block at the real address and the segments and final snapshot
+equal."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import random
 from pathlib import Path
@@ -22,6 +24,8 @@ from sdvram.allocator import (
 from sdvram.errors import InputError
 from sdvram.meters import Allocation, repeated_windows
 from sdvram.traces import load_trace, replay
+
+from .conftest import MEASURED_FAMILIES
 
 DATA = Path(__file__).parent / "data"
 MIB = 1024**2
@@ -101,6 +105,19 @@ def test_real_traces_replay_exactly(name: str) -> None:
     assert result.misplaced == 0  # every one of the real requests got the block at the real address
     assert result.segments_equal and result.final_blocks_equal
     assert result.exact
+
+
+@pytest.mark.parametrize("path", sorted((MEASURED_FAMILIES / "families").glob("trace-*.pkl.gz")),
+                         ids=lambda path: path.name.removeprefix("trace-").removesuffix(".pkl.gz"))
+def test_every_family_s_trace_replays_exactly(path: Path) -> None:
+    """The allocator traces of the other pipelines (SD v1.5 txt2img and inpainting, SD 2.1, SDXL with its float32
+    VAE upcast and with the fp16-fix VAE), measured on the H200 after the model was written."""
+    result = replay(load_trace(path))
+    assert result.misplaced == 0 and result.segments_equal and result.final_blocks_equal and result.exact
+    record = json.loads(path.with_name(path.name.removeprefix("trace-").replace(".pkl.gz", ".json")).read_text())
+    # the same run's profile record: its whole-run peaks (the model's are never reset)
+    assert (result.model.peak_allocated, result.model.peak_reserved) == (record["peak_allocated"],
+                                                                         record["peak_reserved"])
 
 
 def test_decode_trace_peaks_equal_the_gpu_s_own_statistics() -> None:

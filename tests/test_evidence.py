@@ -10,7 +10,7 @@ import pytest
 
 from sdvram.evidence import band_for
 
-from .conftest import MEASURED, REPO
+from .conftest import REPO
 
 PUBLIC = [json.loads(line) for path in sorted((REPO / "docs" / "measurements" / "public").glob("*.jsonl"))
           for line in path.read_text().splitlines()]
@@ -21,14 +21,13 @@ FIELDS = {"id", "source", "gpu", "gpu_name", "sm", "pipeline", "settings", "meas
 def test_the_sm90_band_is_the_largest_relative_error_on_the_h200() -> None:
     """Every figure the simulation does not reproduce is in the README's residual table (tests/test_measurements.py
     holds it to that); the band is the largest of those residuals relative to the measured figure."""
-    from .test_measurements import RESIDUALS, VARIANTS, variant_id
+    from .test_measurements import RECORDS, RESIDUALS, VARIANTS, record_id, variant_id
 
     measured = {}
-    for folder in ("profiles", "flash-off"):
-        for path in (MEASURED / folder).glob("*.json"):
-            record = json.loads(path.read_text())
-            measured[f"{folder}/{path.stem}"] = {"peak allocated": record["peak_allocated"],
-                                                 "peak reserved": record["peak_reserved"]}
+    for path in RECORDS:
+        record = json.loads(path.read_text())
+        measured[record_id(path)] = {"peak allocated": record["peak_allocated"],
+                                     "peak reserved": record["peak_reserved"]}
     for variant in VARIANTS:
         measured[variant_id(variant)] = {"peak allocated": variant["peak_allocated"],
                                          "peak reserved": variant["peak_reserved"]}

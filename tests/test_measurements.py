@@ -24,13 +24,14 @@ from sdvram.gpus import GPUS  # noqa: E402
 from sdvram.requests import RunRequest, Settings, request_from_record  # noqa: E402
 from sdvram.simulate import SimulateOptions, Simulator, simulator_for  # noqa: E402
 
-from .conftest import MEASURED, REPO, load_tool  # noqa: E402
+from .conftest import MEASURED, MEASURED_FAMILIES, REPO, load_tool  # noqa: E402
 
 README = REPO / "docs" / "measurements" / "README.md"
-# profiles/ and flash-off/: SD v1.5 img2img; families/: the other pipelines, once tools/measure_on_gpu.sh has
-# measured them on a lent GPU (none yet)
-RECORDS = sorted(path for folder in ("profiles", "flash-off", "families")
-                 for path in (MEASURED / folder).glob("*.json"))
+# profiles/ and flash-off/: SD v1.5 img2img (2026-11-26); families/: the other pipelines (2026-11-30)
+RECORDS = sorted(path for folder in ("profiles", "flash-off") for path in (MEASURED / folder).glob("*.json")) + sorted(
+    (MEASURED_FAMILIES / "families").glob("*.json"))
+# The SD v1.5 profiles measured again on 2026-11-30 (another machine of the same kind, the same software)
+AGAIN = sorted((MEASURED_FAMILIES / "profiles").glob("*.json"))
 VARIANTS = [json.loads(line) for line in (MEASURED / "variants.jsonl").read_text().splitlines()]
 # tools/gpu_variants.py's variants as the settings of the switches each turned on
 SWITCHES = load_tool("gpu_variants").SWITCHES
@@ -96,6 +97,23 @@ def test_h200_profile_is_reproduced_to_the_byte(path: Path) -> None:
                 ("nvidia-smi", measured["process_peak"], simulated.predicted_nvidia_smi)]
     wrong = compare(record_id(path), figures)
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("path", AGAIN, ids=lambda path: path.stem)
+def test_the_sd15_profiles_measured_again_are_the_same_to_the_byte(path: Path) -> None:
+    """Four days and another machine later, the same settings gave the same bytes: every stage's start and peak,
+    peak reserved and NVML's figure for the process. What the simulation is held to is repeatable."""
+    again, first = json.loads(path.read_text()), json.loads((MEASURED / "profiles" / path.name).read_text())
+    call = ("steps", "strength", "guidance", "batch", "seed", "safety_checker", "dtype", "weights")
+    assert [again["settings"][k] for k in call] == [first["settings"][k] for k in call]
+    size = ("width", "height", "prompt")
+    assert [again["inputs"][k] for k in size] == [first["inputs"][k] for k in size]
+
+    def figures(record: dict) -> tuple:
+        return ([(s["name"], s["allocated_start"], s["peak_allocated"]) for s in record["stages"]],
+                record["peak_reserved"], record["process_peak"])
+
+    assert figures(again) == figures(first)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from sdvram.parallel import cores, run_side_by_side
 from sdvram.record import Record
 from sdvram.requests import RunRequest, Settings, switch_label
 from sdvram.simulate import SimulateOptions, Simulator, simulator_for
-from sdvram.verdicts import FITS
+from sdvram.verdicts import FITS, judge, margin_for
 
 UNIT = 8  # sides are searched in multiples of 8 pixels, as the pipeline rounds them
 START_UNITS = 128  # a search's first size above the smallest: a 1024-pixel side, which most cards hold
@@ -93,7 +93,16 @@ class FitResult:
                 "card_memory": self.gpu.memory, "aspect": list(self.aspect), "batch": settings.batch,
                 "dtype": self.request.resolved_dtype(True).value, "safety_checker": settings.safety_checker,
                 "pipeline": self.request.pipeline, "weights": self.weights, "image": self.image,
-                "options": [o.to_json() for o in self.options]}
+                "options": [o.to_json() | self._verdict(o) for o in self.options]}
+
+    def _verdict(self, option: Option) -> dict[str, Any]:
+        """The verdict ``simulate`` gives the option's size (``verdicts.judge`` on its peak reserved, which the
+        search already has): at the edge of what fits it is mostly "tight", within the margin."""
+        if not option.fits or option.reserved is None or self.gpu.capacity is None:
+            return {"verdict": None, "margin": None}
+        margin = margin_for(self.gpu)
+        return {"verdict": judge(True, option.reserved, self.gpu.capacity, margin),
+                "margin": margin.to_json(option.reserved)}
 
 
 def image_verdict(request: RunRequest, gpu: GpuSpec) -> dict[str, Any]:

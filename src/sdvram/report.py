@@ -426,6 +426,17 @@ def fit_table(result: Any, units: Units) -> Group:
     if any(o["slow"] for o in fitting):
         notes.append(f"{SLOW_MARK.strip()} Sequential CPU offload moves every layer's weights over the bus at every "
                      "call: expect it to run many times slower.")
+    tight = [o for o in fitting if o.get("verdict") == TIGHT]
+    if tight:
+        which = "Every size above is" if len(tight) == len(fitting) else (
+            "These sizes are " + ", ".join(o["label"] for o in tight) + ":")
+        largest_margin = max(o["margin"]["bytes"] for o in tight)
+        notes.append(f"{which} tight: at the edge of what fits, by less than the margin of up to "
+                     f"{format_bytes(largest_margin, units)} ({tight[0]['margin']['band']:.1%} of the peak, "
+                     f"{format_bytes(tight[0]['margin']['context_uncertainty'], units)} for the CUDA context). Such a "
+                     "size may not run on the card: with the allocator held to an 8 GB card's memory, one ran out "
+                     "(docs/measurements). For room to spare take a smaller size; `sdvram simulate` gives its "
+                     "verdict.")
     return Group(answer, heading, table, *[Text(f"- {note}") for note in notes])
 
 

@@ -11,8 +11,8 @@
 #   traces      the allocator traces: 512 px at 10 steps, one VAE decode at 2048 and at 1200 x 1800
 #   families    every other pipeline family at its default size and call, and at twice the size with 10 steps
 #               (the peaks are in the VAE and the UNet's calls, not in their count), each under the allocator
-#               trace; the inpainting and SDXL img2img runs on a test image with the whole image masked; SDXL
-#               with the fp16-fix VAE. Each family is a lane of its own.
+#               trace; inpainting and SDXL img2img on a test image at their default size (inpainting with the
+#               whole image masked); SDXL with the fp16-fix VAE. Each family is a lane of its own.
 #   boundary    is fit's boundary the real allocator's? (8 and 12 GB cards emulated with
 #               set_per_process_memory_fraction; tools/gpu_boundary.py)
 #   convs       the per-convolution workspace tables (fp16; fp32, bf16 and batch 2 at two sizes)

@@ -16,6 +16,8 @@ pytest.importorskip("diffusers")
 from sdvram.cli import app  # noqa: E402
 from sdvram.fit import (  # noqa: E402
     UNIT,
+    FitResult,
+    Option,
     advise,
     chains,
     combinations,
@@ -124,6 +126,29 @@ def test_fit_on_a_card_too_small_for_the_weights(tmp_path) -> None:
     assert by_label[()]["verdict"] is None  # nothing fits: no verdict
     if sequential["verdict"] == "tight":
         assert "tight: at the edge of what fits" in " ".join(result.stdout.split())
+
+
+def test_only_the_tight_sizes_are_named_tight() -> None:
+    """A size with the margin to spare is "fits", one within it "tight" (worked by hand: a 12 GiB card read from
+    --vram, 0.5 GiB held by a desktop and 688 MiB of context; margin 5.5% of the need plus 256 MiB)."""
+    from rich.console import Console
+
+    from sdvram.report import fit_table
+    from sdvram.units import Units
+
+    card = custom_gpu("12GiB")
+    usable = card.capacity
+    assert usable == 12 * 1024**3 - 512 * 1024**2 - 721_420_288
+    roomy, edge = usable - 2 * 1024**3, usable - 100 * 1024**2  # 2 GiB spare > margin; 100 MiB < margin
+    assert usable - roomy >= math.ceil(0.055 * roomy) + 256 * 1024**2 > usable - edge
+    result = FitResult(card, (1, 1), RunRequest(), [Option((), True, roomy, roomy, 1024, 1024),
+                                                    Option(("vae_tiling",), True, edge, edge, 2048, 2048)], 0)
+    verdicts = [o["verdict"] for o in result.to_json()["options"]]
+    assert verdicts == ["fits", "tight"]
+    console = Console(width=80, record=True)
+    console.print(fit_table(result, Units.gib))
+    text = " ".join(console.export_text().split())
+    assert "The sizes with VAE tiling are tight" in text and "Every size" not in text
 
 
 def test_advice_lists_what_makes_a_run_fit_cheapest_first() -> None:

@@ -38,8 +38,6 @@ def real(request: RunRequest) -> dict[str, Any]:
     gc.collect()
     torch.cuda.empty_cache()
     record = profile(request, ProfileOptions(device="cuda", weights=Weights.random)).record
-    gc.collect()
-    torch.cuda.empty_cache()
     return {"outcome": record.status, "failed_stage": record.failed_stage,
             "peak_allocated": record.peak_allocated, "peak_reserved": record.peak_reserved,
             "stages": [[s.name, s.allocated_start, s.peak_allocated, s.peak_reserved] for s in record.stages]}

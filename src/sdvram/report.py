@@ -429,7 +429,7 @@ def fit_table(result: Any, units: Units) -> Group:
     tight = [o for o in fitting if o.get("verdict") == TIGHT]
     if tight:
         which = "Every size above is" if len(tight) == len(fitting) else (
-            "These sizes are " + ", ".join(o["label"] for o in tight) + ":")
+            "The sizes with " + ", ".join(o["label"] for o in tight) + " are")
         largest_margin = max(o["margin"]["bytes"] for o in tight)
         notes.append(f"{which} tight: at the edge of what fits, by less than the margin of up to "
                      f"{format_bytes(largest_margin, units)} ({tight[0]['margin']['band']:.1%} of the peak, "

@@ -5,10 +5,12 @@ equal."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import pickle
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from sdvram.allocator import (
     AllocatorAccountant,
     AllocatorOutOfMemory,
     CachingAllocator,
+    Program,
+    ReplayConflict,
     get_allocation_size,
     round_size,
     should_split,
@@ -233,3 +237,94 @@ def test_repeated_windows_keeps_what_is_not_a_window() -> None:
     # 1 is kept (a call's output): a plain event; the windows of 3 and 4 make the same request (one item,
     # twice); 5's is another, once: its events, with the free of 99, made before the log (a call's input)
     assert program == [("events", events[:1]), ("repeat", events[1:3], 2), ("events", events[5:])]
+
+
+def call_like_events(rng: random.Random, key: Iterator[int]) -> list[tuple]:
+    """A module call's log as the UNet's looks: large activations kept a few layers, small temporaries freed at
+    once (net-zero windows in the small pool), a small embedding kept for the whole call, and two outputs left
+    live, one in each pool."""
+    events: list[tuple] = []
+
+    def alloc(size: int) -> int:
+        k = next(key)
+        events.append(("alloc", k, Allocation(size, 0, "", (), "bytes", "tensor")))
+        return k
+
+    embedding = alloc(rng.randrange(1, 20_000))
+    live: list[int] = []
+    for _ in range(40):
+        live.append(alloc(rng.choice([3 * MIB, 12 * MIB, 30 * MIB]) + rng.randrange(512)))
+        a, b = alloc(rng.randrange(1, 4096)), alloc(rng.randrange(1, 300_000))
+        events += [("free", b), ("free", a)]
+        if len(live) > 3:
+            events.append(("free", live.pop(0)))
+    alloc(200_000)  # the outputs: a small one and a large one
+    alloc(5 * MIB)
+    events += [("free", k) for k in [*live, embedding]]
+    return events
+
+
+@pytest.mark.parametrize("capacity", [None, 220 * MIB], ids=["unlimited", "tight"])
+def test_a_program_replayed_pool_by_pool_ends_where_its_events_end(capacity: int | None) -> None:
+    """``replay_events`` keeps, per pool, where a ``Program``'s blocks went from each start (a trajectory) and
+    applies it when it finds that pool so again, running the other pool alone, and charges without running the
+    small pool's windows that fit its largest free block. Between calls, something is kept in one pool or the
+    other or in neither (as the scheduler's steps keep their outputs), so that each case comes. After every call
+    the allocator must be exactly where the same events one by one leave it, with the same peaks; where the
+    split meets a release it cannot order it must say so (``ReplayConflict``), never go on: on the tight card
+    (220 MiB) it does, after 45 calls, at a call where the events one by one release cached segments or run
+    out."""
+    rng = random.Random(11)
+    events = call_like_events(rng, iter(range(1, 10**6)))
+    split, one_by_one = Program(repeated_windows(events)), repeated_windows(events)
+    assert split.plan() is not None
+
+    def prepared(split_pools: bool) -> AllocatorAccountant:
+        accountant = AllocatorAccountant(CachingAllocator(capacity), split=split_pools)
+        for i in range(8):
+            accountant.alloc(("pre", i), (i + 1) * 3 * MIB)
+        for i in range(0, 8, 2):
+            accountant.free(("pre", i))
+        return accountant
+
+    fast, slow = prepared(True), prepared(False)
+    keys = iter(range(10**6, 10**7))
+    calls = 0
+    for call in range(60):
+        first = next(keys)
+        try:
+            left, peaks = fast.replay_events(split, iter(range(first, first + 10)), lambda info, exc: None)
+        except ReplayConflict:
+            releases = slow.allocator.cuda_frees
+            with contextlib.suppress(AllocatorOutOfMemory):
+                slow.replay_events(one_by_one, iter(range(first, first + 10)), lambda info, exc: None)
+                assert slow.allocator.cuda_frees > releases  # the capacity did refuse a cudaMalloc there
+            break
+        calls += 1
+        expected = slow.replay_events(one_by_one, iter(range(first, first + 10)), lambda info, exc: None)
+        assert (left, peaks) == expected, call
+        state = [(a.allocator.free_blocks() and [(b.addr, b.size, b.small) for b in a.allocator.free_blocks()],
+                  dict(a.allocator.segments), a.allocator.allocated, a.allocator.reserved, a.allocator.requested)
+                 for a in (fast, slow)]
+        assert state[0] == state[1], call
+        for key in left.values():  # the outputs are where they are in both
+            assert (fast._blocks[key].addr, fast._blocks[key].size) == (slow._blocks[key].addr, slow._blocks[key].size)
+        kept = rng.choice(["small", "large", "none"])  # what the step between calls keeps; it frees the outputs
+        for accountant in (fast, slow):
+            if kept != "none":
+                accountant.alloc(("step", call), 100_000 if kept == "small" else 2 * MIB)
+            for key in left.values():
+                accountant.free(key)
+    assert split.applied > 30 and split.charged_windows > 100
+    assert calls == (60 if capacity is None else 45)
+
+
+def test_a_split_replay_refuses_to_release_segments_it_cannot_order() -> None:
+    """A replay split by pool runs one pool alone: where a cudaMalloc of it does not fit, the real allocator would
+    release cached segments of both pools in the middle of the other's events. The model raises instead."""
+    allocator = CachingAllocator(capacity=30 * MIB)
+    allocator.free(allocator.malloc(20 * MIB))  # a cached 20 MiB segment: releasable
+    allocator.guarded = True
+    with pytest.raises(ReplayConflict):
+        allocator.malloc(25 * MIB)  # no free block holds it, and a 26 MiB segment would take 46 MiB of 30
+    assert allocator.reserved == 20 * MIB and allocator.cuda_frees == 0  # nothing was released

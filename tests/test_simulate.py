@@ -65,6 +65,29 @@ def test_replaying_unet_calls_sends_the_allocator_the_same_events() -> None:
     assert replayed.simulation.attention_calls == every_call.simulation.attention_calls
 
 
+def test_a_run_whose_split_replay_meets_a_release_is_simulated_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay split by pool that meets a cudaMalloc the capacity refuses raises ``ReplayConflict``: the run is
+    simulated again, each call's events as they came, and its record is what a run without the split gives."""
+    from sdvram.allocator import AllocatorAccountant, ReplayConflict
+
+    request = RunRequest(height=256, width=320, architecture=Architecture.tiny, dtype=DType.float16,
+                         settings=Settings(steps=8, strength=1.0))
+    expected = Simulator(Architecture.tiny, DType.float16).run(request, SimulateOptions(GPUS["t4"]))
+    split = AllocatorAccountant._replay_split
+    splits: list[bool] = []
+
+    def conflicting(self, program, plan, blocks, refused):  # noqa: ANN001, ANN202 -- the method's own
+        splits.append(self.split)
+        if len(splits) == 5:
+            raise ReplayConflict()
+        return split(self, program, plan, blocks, refused)
+
+    monkeypatch.setattr(AllocatorAccountant, "_replay_split", conflicting)
+    again = Simulator(Architecture.tiny, DType.float16).run(request, SimulateOptions(GPUS["t4"]))
+    assert len(splits) == 5  # the second run never splits
+    assert figures(again) == figures(expected)
+
+
 def figures(record) -> dict:
     """A record as JSON without the stages' wall times (the one figure that is not a function of the request)."""
     data = record.to_json()

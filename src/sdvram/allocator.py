@@ -27,9 +27,12 @@ which ``reset_peaks`` resets as ``torch.cuda.reset_peak_memory_stats()`` does.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import add
 from typing import Any
 
 K_MIN_BLOCK_SIZE = 512  # kMinBlockSize: all sizes are rounded to at least 512 bytes
@@ -107,6 +110,12 @@ class AllocatorOutOfMemory(Exception):
             request, segment, allocated, reserved, capacity)
 
 
+class ReplayConflict(Exception):
+    """A replay split by pool (``AllocatorAccountant.replay_events``) came to a cudaMalloc the capacity refuses:
+    the allocator would release cached segments of both pools, which the split cannot order. The run is to be
+    simulated again without the split."""
+
+
 class CachingAllocator:
     """The allocator's state and statistics. ``capacity`` (bytes cudaMalloc may hand out in all; None for
     unlimited) makes ``malloc`` raise ``AllocatorOutOfMemory`` where the real allocator would.
@@ -124,6 +133,7 @@ class CachingAllocator:
         self.allocated = self.reserved = self.requested = 0
         self.peak_allocated = self.peak_reserved = self.peak_requested = 0
         self.cuda_mallocs = self.cuda_frees = 0
+        self.guarded = False  # set while a replay split by pool runs: a refused cudaMalloc raises ReplayConflict
 
     # -- the two calls a program makes -------------------------------------------------------------------
     def malloc(self, size: int) -> Block:
@@ -201,6 +211,8 @@ class CachingAllocator:
     def _alloc_block(self, rounded: int, small: bool) -> Block:
         segment_size = get_allocation_size(rounded)
         if not self._fits(segment_size):
+            if self.guarded:
+                raise ReplayConflict()
             self._release_cached_blocks()  # release_available_cached_blocks does nothing by default
             if not self._fits(segment_size):
                 raise AllocatorOutOfMemory(rounded, segment_size, self.allocated, self.reserved,
@@ -244,12 +256,138 @@ class CachingAllocator:
         return sorted(self._free_blocks.values(), key=lambda b: b.addr)
 
 
+POOL_MEMO = 4  # start states remembered per program and pool: a UNet call mostly finds its large pool as the
+# call before it left it (40 of the 44 calls of a run at 1904 x 1904 px on 12 GB); a few more cover the VAE's tiles
+
+
+class Program(list):  # type: ignore[type-arg]
+    """A replay program (``AllocatorAccountant.replay_events``) that keeps what its replays learned: for each
+    pool, where the program's blocks went from each recent start state of that pool (``Trajectory``). A plain
+    list is replayed event by event."""
+
+    __slots__ = ("_plan", "pools", "applied", "charged_windows")
+
+    def __init__(self, items: Sequence[tuple[Any, ...]] = ()) -> None:
+        super().__init__(items)
+        self._plan: _Plan | None | bool = False  # False: not worked out yet; None: the program cannot be split
+        self.pools: dict[bool, dict[tuple[int, ...], Trajectory]] = {True: {}, False: {}}
+        self.applied = 0  # trajectories applied instead of their events (for tests and benchmarks)
+        self.charged_windows = 0  # small-pool windows charged instead of run
+
+    def plan(self) -> _Plan | None:
+        if self._plan is False:
+            self._plan = _Plan.of(self)
+        return self._plan  # type: ignore[return-value]
+
+    def remember(self, small: bool, start: tuple[int, ...], trajectory: Trajectory) -> None:
+        memo = self.pools[small]
+        if len(memo) >= POOL_MEMO:
+            del memo[next(iter(memo))]
+        memo[start] = trajectory
+
+
+@dataclass
+class _Plan:
+    """A program's events in order and each one's pool, and what does not depend on the allocator's state: the
+    most bytes requested at once, less at the start (requests are counted unrounded)."""
+
+    events: list[tuple[Any, ...]]
+    small: list[bool]  # per event: in the small pool
+    requested_peak: int
+    indices: dict[bool, list[int]]  # per pool: its events' places in ``events``
+    small_runs: list[tuple[Any, ...]]  # the small pool's events as ``_small_runs`` groups them
+    left: list[Any]  # the keys of what the events leave allocated, in the order made
+
+    @classmethod
+    def of(cls, program: Sequence[tuple[Any, ...]]) -> _Plan | None:
+        if any(item[0] != "events" for item in program):  # repeated windows: replayed once each already
+            return None
+        events = [event for item in program for event in item[1]]
+        made: dict[Any, tuple[int, bool]] = {}
+        small, level, requested = [], 0, 0
+        for event in events:
+            if event[0] == "alloc":
+                size = event[2].size
+                made[event[1]] = size, round_size(size) <= K_SMALL_SIZE
+                level += size
+                requested = max(requested, level)
+            elif event[1] in made:
+                level -= made[event[1]][0]
+            else:  # frees what it did not make: not split
+                return None
+            small.append(made[event[1]][1])
+        indices = {which: [i for i, flag in enumerate(small) if flag is which] for which in (True, False)}
+        freed = {event[1] for event in events if event[0] == "free"}
+        left = [event[1] for event in events if event[0] == "alloc" and event[1] not in freed]
+        return cls(events, small, requested, indices, _small_runs(events, indices[True]), left)
+
+
+def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple[Any, ...]]:
+    """The small pool's events (at ``indices``) as ``("event", index)`` and ``("window", indices, total, charged)``:
+    a window is a run of them that frees all it makes (net zero, as short as it can be), ``total`` the bytes its
+    allocations take, ``charged`` each event's bytes (less for a free).
+
+    In the small pool a block is charged exactly its rounded request: every size there is a multiple of 512,
+    so a remainder is either nothing or at least kMinBlockSize, and ``should_split`` splits it off. And a
+    window whose allocations together fit in the pool's largest free block needs no new segment: requests take
+    the low end of the block they are given, so the free top of that largest block shrinks by at most the
+    window's allocations before each of them, and each finds a block. Such a window leaves the pool's blocks
+    as they were (its blocks all freed, the same maximal free runs) and charges what ``charged`` says,
+    whatever the pool's state: it need not be run."""
+    made = {events[i][1]: n for n, i in enumerate(indices) if events[i][0] == "alloc"}
+    freed = {made[events[i][1]]: n for n, i in enumerate(indices) if events[i][0] == "free"}
+    runs: list[tuple[Any, ...]] = []
+    n = 0
+    while n < len(indices):
+        end = freed.get(n) if events[indices[n]][0] == "alloc" else None
+        k = n
+        while end is not None and k <= end:
+            event = events[indices[k]]
+            if event[0] == "alloc":
+                end = max(end, freed[k]) if k in freed else None
+            elif made[event[1]] < n:
+                end = None
+            k += 1
+        if end is None:
+            runs.append(("event", indices[n]))
+            n += 1
+            continue
+        window = indices[n:end + 1]
+        rounded: dict[Any, int] = {}
+        charged = []
+        for i in window:
+            event = events[i]
+            if event[0] == "alloc":
+                rounded[event[1]] = round_size(event[2].size)
+                charged.append(rounded[event[1]])
+            else:  # a free gives back what its allocation took
+                charged.append(-rounded[event[1]])
+        runs.append(("window", window, sum(rounded.values()), charged))
+        n = end + 1
+    return runs
+
+
+@dataclass
+class Trajectory:
+    """What a program's events did in one pool from one start state of it, when they cudaMalloc'd nothing: each
+    free block of the start they carved (its address and size) and the blocks it is now, by address (address,
+    size, and for a block left allocated its key in the program and its request); the pool's allocated bytes made
+    by the program after each of its events (``array``: every event of the program, the other pool's included);
+    and the bytes it leaves allocated and requested."""
+
+    changes: list[tuple[int, int, list[tuple[int, int, Any, int]]]]
+    deltas: array  # type: ignore[type-arg]
+    allocated: int
+    requested: int
+
+
 class AllocatorAccountant:
     """The accounting seam's view of the model: allocations and frees by the caller's key."""
 
-    def __init__(self, allocator: CachingAllocator) -> None:
+    def __init__(self, allocator: CachingAllocator, split: bool = True) -> None:
         self.allocator = allocator
         self._blocks: dict[Hashable, Block] = {}
+        self.split = split  # replay a ``Program`` pool by pool where it can (``replay_events``)
 
     @property
     def allocated(self) -> int:
@@ -286,14 +424,37 @@ class AllocatorAccountant:
         nothing leaves the allocator as it found it (the free blocks are the maximal free runs between the
         allocated blocks, which are the same again), so a repetition of it would do exactly what it did: it is
         run once, or again only while it changes the segments. ``refused(info, error)`` is called where the
-        capacity refuses an allocation (it may raise; else the allocation is retried). Returns the log keys of
+        capacity refuses an allocation (it may raise; else the allocation is retried). A ``Program`` without
+        repeated windows is replayed pool by pool where it can (``_replay_split``). Returns the log keys of
         what is left live -> new keys from ``keys``, and the peaks (allocated, reserved, requested) reached
         meanwhile."""
+        plan = program.plan() if self.split and isinstance(program, Program) else None
         allocator = self.allocator
         saved = allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested
         allocator.reset_peaks()
-        malloc, free = allocator.malloc, allocator.free
         blocks: dict[int, Block] = {}
+        split_peaks: tuple[int, int, int] | None = None
+        try:
+            if plan is not None:
+                assert isinstance(program, Program)
+                split_peaks = self._replay_split(program, plan, blocks, refused)
+                blocks = {key: blocks[key] for key in plan.left}  # in the order made, as one by one
+            else:
+                self._replay_program(program, blocks, refused)
+        finally:
+            peaks = split_peaks or (allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested)
+            allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested = (
+                max(a, b) for a, b in zip(saved, peaks, strict=True))
+        left = {}
+        for log_key, block in blocks.items():
+            key = left[log_key] = next(keys)
+            self._blocks[key] = block
+        return left, peaks
+
+    def _replay_program(self, program: list[tuple[Any, ...]], blocks: dict[int, Block],
+                        refused: Callable[[Any, AllocatorOutOfMemory], None]) -> None:
+        allocator = self.allocator
+        malloc, free = allocator.malloc, allocator.free
 
         def run(events: Sequence[tuple[Any, ...]]) -> None:
             for event in events:
@@ -306,25 +467,161 @@ class AllocatorAccountant:
                 else:
                     free(blocks.pop(event[1]))
 
-        try:
-            for item in program:
-                if item[0] == "events":
-                    run(item[1])
-                    continue
-                for _ in range(item[2]):
-                    segments = allocator.cuda_mallocs, allocator.cuda_frees
-                    run(item[1])
-                    if (allocator.cuda_mallocs, allocator.cuda_frees) == segments:
-                        break
-        finally:
-            peaks = allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested
-            allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested = (
-                max(a, b) for a, b in zip(saved, peaks, strict=True))
-        left = {}
-        for log_key, block in blocks.items():
-            key = left[log_key] = next(keys)
-            self._blocks[key] = block
-        return left, peaks
+        for item in program:
+            if item[0] == "events":
+                run(item[1])
+                continue
+            for _ in range(item[2]):
+                segments = allocator.cuda_mallocs, allocator.cuda_frees
+                run(item[1])
+                if (allocator.cuda_mallocs, allocator.cuda_frees) == segments:
+                    break
+
+    def _replay_split(self, program: Program, plan: _Plan, blocks: dict[int, Block],
+                      refused: Callable[[Any, AllocatorOutOfMemory], None]) -> tuple[int, int, int] | None:
+        """The program's events, pool by pool where a pool is known (its ``Trajectory`` from this same start).
+
+        While no segment is cudaMalloc'd or released, a pool's blocks move only by its own requests: ``malloc``
+        takes a free block of the request's pool and ``free`` merges a block with free neighbours of its segment,
+        which is of the same pool. So what the events do in one pool depends on nothing but that pool's free
+        blocks at the start (the blocks the program carves and frees lie inside them), and a pool found as it
+        was at an earlier replay goes where it went then: its trajectory is applied at once. The other pool is
+        replayed event by event (alone, in order: its cudaMallocs then are the run's only ones, as they are
+        when interleaved), unless a cudaMalloc it makes would not fit, where the allocator would release cached
+        segments of both pools at a moment the split has lost: ``ReplayConflict`` (the run is simulated again
+        without the split). The peak allocated is the most of the two pools' bytes added event by event. Where
+        neither pool is known, the events run interleaved as they came, and each pool that cudaMalloc'd nothing
+        is remembered from its start. Returns the peaks where split, else None (the allocator's own)."""
+        allocator = self.allocator
+        pools = allocator._free
+        starts = {True: tuple(pools[True]), False: tuple(pools[False])}
+        found = {which: program.pools[which].get(starts[which]) for which in (True, False)}
+        segments, releases = allocator._segment_count, allocator.cuda_frees
+        charged = {True: [0] * len(plan.events), False: [0] * len(plan.events)}  # each pool's, by event
+        if found[True] is None and found[False] is None:
+            self._run_indexed(plan.events, range(len(plan.events)), blocks, charged, refused)
+            for which in (True, False):
+                self._remember(program, which, starts[which], blocks, charged[which], segments, releases)
+            return None
+        start_allocated, start_requested = allocator.allocated, allocator.requested
+        live = [which for which in (True, False) if found[which] is None]
+        deltas: list[Any] = []
+        for which in live:  # at most one
+            allocator.guarded = True
+            try:
+                if which:
+                    program.charged_windows += self._run_small(plan, blocks, charged, refused)
+                else:
+                    self._run_indexed(plan.events, plan.indices[which], blocks, charged, refused)
+            finally:
+                allocator.guarded = False
+            deltas.append(self._remember(program, which, starts[which], blocks, charged[which], segments, releases))
+        for which, trajectory in found.items():
+            if trajectory is not None:
+                self._apply(trajectory, which, blocks)
+                program.applied += 1
+                deltas.append(trajectory.deltas)
+        most = max(map(add, *deltas)) if len(deltas) == 2 else max(deltas[0])
+        return (start_allocated + max(0, most), allocator.peak_reserved, start_requested + plan.requested_peak)
+
+    def _run_indexed(self, events: list[tuple[Any, ...]], indices: Sequence[int], blocks: dict[int, Block],
+                     charged: dict[bool, list[int]], refused: Callable[[Any, AllocatorOutOfMemory], None]) -> None:
+        """The events at ``indices``, in order, each block's bytes noted in its pool's ``charged`` (less for a
+        free)."""
+        malloc, free = self.allocator.malloc, self.allocator.free
+        for i in indices:
+            event = events[i]
+            if event[0] == "alloc":
+                try:
+                    block = malloc(event[2].size)
+                except AllocatorOutOfMemory as exc:
+                    refused(event[2], exc)
+                    block = malloc(event[2].size)
+                blocks[event[1]] = block
+                charged[block.small][i] = block.size
+            else:
+                block = blocks.pop(event[1])
+                charged[block.small][i] = -block.size
+                free(block)
+
+    def _run_small(self, plan: _Plan, blocks: dict[int, Block], charged: dict[bool, list[int]],
+                   refused: Callable[[Any, AllocatorOutOfMemory], None]) -> int:
+        """The small pool's events alone, a window that fits in the pool's largest free block not run but
+        charged (``_small_runs``); returns how many windows were charged so."""
+        pool, events, into = self.allocator._free[True], plan.events, charged[True]
+        skipped = 0
+        for run in plan.small_runs:
+            if run[0] == "window" and pool and pool[-1] >> ADDRESS_BITS >= run[2]:
+                for i, bytes_ in zip(run[1], run[3], strict=True):
+                    into[i] = bytes_
+                skipped += 1
+            else:
+                self._run_indexed(events, run[1] if run[0] == "window" else (run[1],), blocks, charged, refused)
+        return skipped
+
+    def _remember(self, program: Program, small: bool, start: tuple[int, ...], blocks: dict[int, Block],
+                  charged: list[int], segments: int, releases: int) -> array:  # type: ignore[type-arg]
+        """The pool's allocated bytes made by the program after each event (``charged`` summed); and its
+        trajectory from ``start`` kept, if its events cudaMalloc'd nothing and nothing was released."""
+        allocator = self.allocator
+        deltas = array("q", accumulate(charged))
+        if allocator.cuda_frees != releases or any(
+                allocator.segments[i].small is small for i in range(segments, allocator._segment_count)
+                if i in allocator.segments):
+            return deltas
+        before, after = set(start), set(allocator._free[small])
+        carved = sorted(before - after, key=lambda k: k & ADDRESS_MASK)
+        pieces: list[tuple[int, int, Any, int]] = [(k & ADDRESS_MASK, k >> ADDRESS_BITS, None, 0)
+                                                   for k in after - before]
+        pieces += [(b.addr, b.size, key, b.requested) for key, b in blocks.items() if b.small is small]
+        pieces.sort(key=lambda piece: piece[0])
+        changes: list[tuple[int, int, list[tuple[int, int, Any, int]]]] = []
+        at = 0
+        for k in carved:
+            addr, size = k & ADDRESS_MASK, k >> ADDRESS_BITS
+            inside = []
+            while at < len(pieces) and pieces[at][0] < addr + size:
+                inside.append(pieces[at])
+                at += 1
+            if not inside or inside[0][0] != addr or any(
+                    p[0] + p[1] != q[0] for p, q in zip(inside, inside[1:], strict=False)) \
+                    or inside[-1][0] + inside[-1][1] != addr + size:
+                return deltas  # not a tiling of the carved block: never expected; nothing is remembered
+            changes.append((addr, size, inside))
+        if at != len(pieces):
+            return deltas
+        left = [p for _, _, inside in changes for p in inside if p[2] is not None]
+        program.remember(small, start, Trajectory(changes, deltas, sum(p[1] for p in left),
+                                                  sum(p[3] for p in left)))
+        return deltas
+
+    def _apply(self, trajectory: Trajectory, small: bool, blocks: dict[int, Block]) -> None:
+        """Carve the pool's free blocks as ``trajectory`` says (the pool is as it was at its start)."""
+        allocator = self.allocator
+        pool, free_blocks = allocator._free[small], allocator._free_blocks
+        for addr, size, inside in trajectory.changes:
+            carved = free_blocks.pop(addr)
+            del pool[bisect_left(pool, size << ADDRESS_BITS | addr)]
+            prev, after, segment = carved.prev, carved.next, carved.segment
+            for piece_addr, piece_size, key, requested in inside:
+                block = Block(piece_addr, piece_size, small, segment)
+                block.prev = prev
+                if prev is not None:
+                    prev.next = block
+                prev = block
+                if key is None:
+                    insort(pool, piece_size << ADDRESS_BITS | piece_addr)
+                    free_blocks[piece_addr] = block
+                else:
+                    block.allocated = True
+                    block.requested = requested
+                    blocks[key] = block
+            assert prev is not None
+            prev.next = after
+            if after is not None:
+                after.prev = prev
+        allocator.allocated += trajectory.allocated
+        allocator.requested += trajectory.requested
 
     def lift_capacity(self) -> None:
         """Let the run go on past an out-of-memory, to show what it would need."""

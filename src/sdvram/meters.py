@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_unflatten
 
 from sdvram.accounting import Accountant
-from sdvram.allocator import AllocatorOutOfMemory
+from sdvram.allocator import AllocatorOutOfMemory, Program
 from sdvram.metakernels import KERNELS as META_KERNELS
 
 NVML_SAMPLE_SECONDS = 0.005  # NVML's memory counters update about this often; finer sampling sees no more
@@ -262,7 +262,7 @@ class EventLog:
     def program(self) -> list[tuple[Any, ...]]:
         """The events grouped for a fast replay (``repeated_windows``; worked out once, like ``left``)."""
         if self._program is None:
-            self._program = repeated_windows(self.events)
+            self._program = Program(repeated_windows(self.events))
         return self._program
 
     @property

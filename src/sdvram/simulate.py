@@ -47,6 +47,7 @@ from sdvram.allocator import (
     AllocatorAccountant,
     AllocatorOutOfMemory,
     CachingAllocator,
+    ReplayConflict,
 )
 from sdvram.attention import (
     CPU_FLASH,
@@ -145,15 +146,23 @@ class Simulator:
         return build_of(request, gpu) == self.build
 
     def run(self, request: RunRequest, options: SimulateOptions, progress: Progress | None = None) -> Record:
-        """Simulate one request on ``options.gpu``; the simulator must have been built for it (``accepts``)."""
+        """Simulate one request on ``options.gpu``; the simulator must have been built for it (``accepts``).
+        A replay split by pool that meets a release it cannot order (``ReplayConflict``) has the run simulated
+        again, every call replayed as its events came."""
+        if not self.accepts(request, options.gpu):
+            raise ValueError(f"this simulator was built for {self.build}, not {build_of(request, options.gpu)}")
+        try:
+            return self._run(request, options, progress, split=True)
+        except ReplayConflict:
+            return self._run(request, options, progress, split=False)
+
+    def _run(self, request: RunRequest, options: SimulateOptions, progress: Progress | None, split: bool) -> Record:
         gpu = options.gpu
-        if not self.accepts(request, gpu):
-            raise ValueError(f"this simulator was built for {self.build}, not {build_of(request, gpu)}")
         family = self.family
         formula = resolve(request)
         stack: list[str] = []
         allocator = CachingAllocator(capacity=gpu.capacity) if gpu.is_cuda else None
-        accountant: Accountant = AllocatorAccountant(allocator) if allocator is not None else LiveBytes()
+        accountant: Accountant = AllocatorAccountant(allocator, split) if allocator is not None else LiveBytes()
         recorder_box: list[StageRecorder] = []
         libraries = GpuLibraries(gpu) if gpu.is_cuda else None
         meter = LiveTensorMeter(

@@ -65,6 +65,23 @@ def test_replaying_unet_calls_sends_the_allocator_the_same_events() -> None:
     assert replayed.simulation.attention_calls == every_call.simulation.attention_calls
 
 
+def test_replaying_tiled_vae_calls_changes_no_figure() -> None:
+    """With VAE tiling the tiles' encoder and decoder calls and their blending are replayed; a blend of new
+    shapes runs its first row and replays that row's window for the others, once a whole blend here has shown
+    its rows to be one window each. Every figure must be what running every call gives."""
+    simulator = Simulator(Architecture.tiny, DType.float16)
+    for height, width in [(256, 320), (320, 456), (384, 256)]:
+        request = RunRequest(height=height, width=width, architecture=Architecture.tiny, dtype=DType.float16,
+                             settings=Settings(steps=4, strength=1.0, vae_tiling=True))
+        replayed = simulator.run(request, SimulateOptions(GPUS["t4"]))
+        every_call = Simulator(Architecture.tiny, DType.float16).run(request, SimulateOptions(GPUS["t4"],
+                                                                                             replay=False))
+        assert replayed.simulation.unet_calls_replayed > 0 and every_call.simulation.unet_calls_replayed == 0
+        replayed.simulation.unet_calls_replayed = 0  # the one figure that says what was replayed
+        assert figures(replayed) == figures(every_call), (height, width)
+    assert ("one window per row", "vae.blend_v") in simulator._calls
+
+
 def test_a_run_whose_split_replay_meets_a_release_is_simulated_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """A replay split by pool that meets a cudaMalloc the capacity refuses raises ``ReplayConflict``: the run is
     simulated again, each call's events as they came, and its record is what a run without the split gives."""

@@ -82,6 +82,7 @@ from sdvram.meters import (
     Snapshot,
     StopRun,
     call_key,
+    repeated_windows,
     strided_nbytes,
     template_of,
 )
@@ -209,8 +210,8 @@ class Simulator:
                                          *[(module, "forward", replay.wrap(name)) for name, module in encoders],
                                          (vae.encoder, "forward", replay.wrap("vae.encoder")),
                                          (vae.decoder, "forward", replay.wrap("vae.decoder")),
-                                         (vae, "blend_v", replay.wrap_inplace("vae.blend_v", 1)),
-                                         (vae, "blend_h", replay.wrap_inplace("vae.blend_h", 1))]))
+                                         (vae, "blend_v", replay.wrap_inplace("vae.blend_v", 1, rows=2)),
+                                         (vae, "blend_h", replay.wrap_inplace("vae.blend_h", 1, rows=3))]))
             exits.enter_context(self._switches(request.settings))
             offload = CpuOffload(self.pipe, meter, request.settings.offload) if gpu.is_cuda else None
             with recorder.stage("load"):
@@ -724,10 +725,17 @@ class CallReplay:
 
         return wrapper
 
-    def wrap_inplace(self, name: str, returns: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap_inplace(self, name: str, returns: int, rows: int | None = None
+                     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """For a function that changes its argument ``returns`` in place and returns it (the VAE's tile blending,
         one small op per pixel row): a call with the same argument metadata replays the temporaries the first
-        made and freed, and returns the argument (on meta there are no values to blend)."""
+        made and freed, and returns the argument (on meta there are no values to blend).
+
+        ``rows``: the function is diffusers' ``blend_v`` (2) or ``blend_h`` (3), ``(a, b, blend_extent)``: for each
+        of ``min(a.shape[rows], b.shape[rows], blend_extent)`` rows of ``b`` one expression of row-shaped
+        temporaries, the same for every row. Once a call run whole in this process has shown its events to be one
+        window repeated row by row (``meters.repeated_windows``), a call of new shapes runs its first row (the
+        call with an extent of 1 makes exactly that row's ops) and replays that window for the others."""
         def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             def call(*args: Any, **kwargs: Any) -> Any:
                 if self.meter.log is not None:
@@ -738,10 +746,25 @@ class CallReplay:
                         self.libraries.merge(entry[4])
                     self.meter.replay(entry[0], None, [])
                     return args[returns]
+                extent = _blend_rows(args, kwargs, rows) if key is not None and rows is not None else 0
+                proven = ("one window per row", name)  # a memo entry: a whole call in this process was
+                if proven in self.memo and extent > 1 and self.meter.series is None:  # a timeline keeps every op's step
+                    with self._noting() as noted, self.meter.recording() as log:
+                        original(args[0], args[1], 1)
+                    window = log.events
+                    if _self_contained(log, [], None) and _one_window(window):
+                        self.meter.replay(EventLog(_windows(window, 1, extent)), None, [])
+                        self.memo[key] = (EventLog(_windows(window, 0, extent)), None, [], Counter(), noted)
+                        return args[returns]
+                    raise AssertionError(f"{name}: a row of a proven blend was not one window")
                 with self._noting() as noted, self.meter.recording() as log:
                     out = original(*args, **kwargs)
                 if key is not None and out is args[returns] and _self_contained(log, [], None):
                     self.memo[key] = (log, None, [], Counter(), noted)
+                    program = log.program
+                    if extent > 1 and len(program) == 1 and program[0][0] == "repeat" and program[0][2] == extent \
+                            and len(program[0][1]) * extent == len(log.events):
+                        self.memo[proven] = True  # type: ignore[assignment]
                 return out
 
             return call
@@ -751,6 +774,27 @@ class CallReplay:
     def _noting(self) -> Any:
         """The workspaces a logged call allocates (``GpuLibraries.noting``; nothing without a GPU)."""
         return self.libraries.noting() if self.libraries is not None else nullcontext({})
+
+
+def _blend_rows(args: tuple[Any, ...], kwargs: dict[str, Any], dim: int) -> int:
+    """How many rows diffusers' ``blend_v``/``blend_h`` blends: ``min(a.shape[dim], b.shape[dim], blend_extent)``."""
+    a, b = args[0], args[1]
+    extent = args[2] if len(args) > 2 else kwargs.get("blend_extent", 0)
+    return min(a.shape[dim], b.shape[dim], extent) if isinstance(extent, int) else 0
+
+
+def _one_window(events: list[tuple[Any, ...]]) -> bool:
+    """Are the events one net-zero window (``meters.repeated_windows``: twice over, they are one window twice)?"""
+    program = repeated_windows(_windows(events, 0, 2))
+    return len(program) == 1 and program[0][0] == "repeat" and program[0][2] == 2
+
+
+ROW_KEYS = 1 << 40  # each copy of a window gets its keys shifted by this much: above any key a run makes
+
+
+def _windows(window: list[tuple[Any, ...]], first: int, last: int) -> list[tuple[Any, ...]]:
+    """Copies ``first`` to ``last - 1`` of ``window``, each with keys of its own."""
+    return [(event[0], event[1] + row * ROW_KEYS, *event[2:]) for row in range(first, last) for event in window]
 
 
 def _self_contained(log: EventLog, outputs: list[int], out: Any) -> bool:

@@ -492,6 +492,10 @@ class LiveTensorMeter(TorchDispatchMode):
             key = self._alloc(Allocation(nbytes, 0, owner or kind, (), "bytes", kind))
             self._resident.add(key)
 
+    def kept(self, keys: Any) -> tuple[int, ...]:
+        """Those of ``keys`` that are held for the rest of the process (``keep``, or resident weights)."""
+        return tuple(key for key in keys if key in self._resident)
+
     # -- reading -------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """The live allocations now."""
@@ -519,10 +523,11 @@ class LiveTensorMeter(TorchDispatchMode):
             if self.series is not None:  # the call's timeline, relative to where it began, for its replays
                 log.steps = [allocated - base for allocated, _ in self.series[first:]]
 
-    def replay(self, log: EventLog, template: Any, outputs: list[int]) -> Any:
+    def replay(self, log: EventLog, template: Any, outputs: list[int], kept: tuple[int, ...] = ()) -> Any:
         """Stand for a call already logged: make and free its allocations in the same order, then create
         its outputs from ``template`` (see ``template_of``), bound to the allocations the call left live
-        (``outputs``: their keys in the log, in the order of the outputs' tensors)."""
+        (``outputs``: their keys in the log, in the order of the outputs' tensors); ``kept``: the keys of what the
+        call left held for the rest of the process (``keep``: cuBLAS's workspaces at its first matrix multiply)."""
         stepped = self.series is not None and bool(log.steps)
         if stepped:  # the timeline of the logged call, from where this one begins
             assert self.series is not None and log.steps is not None
@@ -540,6 +545,8 @@ class LiveTensorMeter(TorchDispatchMode):
                     self._free(fresh.pop(event[1]))
         if stepped:  # the call's steps are in the timeline already: the next step starts after it
             self._window, self._window_reserved = self.accountant.allocated, self.accountant.reserved
+        for old in kept:
+            self._resident.add(fresh.pop(old))
         if template is None:  # a call that returns nothing it made
             return None
         with _disable_current_modes():  # the outputs' storages are the logged ones, not new allocations

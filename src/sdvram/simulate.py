@@ -666,8 +666,10 @@ class CallReplay:
     text encoder's token ids are a tensor of 77 whatever they hold), so the call makes and frees
     the same allocations in the same order; the replay sends that logged sequence to the accountant again, so
     any accountant (the allocator model too) sees what the call would have made it see. A call is memoised only
-    when its log shows it left nothing behind but its outputs, each a fresh storage. The 41 UNet calls of a run
-    cost one; ``tests/test_simulate.py`` checks runs with and without it agree.
+    when its log shows it left nothing behind but its outputs, each a fresh storage, and what the process keeps
+    from then on (the cuBLAS workspaces the text encoder's first matrix multiply makes: a replay holds them too,
+    and marks them made). The 41 UNet calls of a run cost one; ``tests/test_simulate.py`` checks runs with and
+    without it agree.
 
     The logs outlive the run (``memo``, the simulator's): the runs of one process (a fit search, a sweep, the advice
     after a failed run) replay each other's calls too: the text encoders' (the same prompt every run), every VAE
@@ -682,9 +684,10 @@ class CallReplay:
     def __init__(self, meter: LiveTensorMeter, attention: AttentionModel, enabled: bool = True,
                  memo: dict[Any, Any] | None = None, context: Any = (), libraries: GpuLibraries | None = None) -> None:
         self.meter, self.attention, self.enabled = meter, attention, enabled
-        # key -> (the log, the outputs' template, their keys in the log, the attention calls, the workspaces noted)
-        self.memo: dict[Any, tuple[EventLog, Any, list[int], Counter[tuple[str, int, int, str]], dict[str, int]]] = \
-            {} if memo is None else memo
+        # key -> (the log, the outputs' template, their keys in the log, the attention calls, the workspaces noted,
+        # the keys of what the call left held for the process: cuBLAS's workspaces)
+        self.memo: dict[Any, tuple[EventLog, Any, list[int], Counter[tuple[str, int, int, str]], dict[str, int],
+                                   tuple[int, ...]]] = {} if memo is None else memo
         self.context, self.libraries = context, libraries
         self.called: set[Any] = set()  # the keys of this run's calls
         self.replayed: Counter[str] = Counter()
@@ -708,17 +711,20 @@ class CallReplay:
                     return original(*args, **kwargs)
                 key, entry = self._key(name, args, kwargs)
                 if entry is not None:
-                    log, template, outputs, calls, noted = entry
+                    log, template, outputs, calls, noted, kept = entry
                     self.attention.calls.update(calls)
                     if self.libraries is not None:
                         self.libraries.merge(noted)
-                    return self.meter.replay(log, template, outputs)
+                        if kept:  # the call made cuBLAS's workspaces, which the process then keeps
+                            self.libraries.blas_ready = True
+                    return self.meter.replay(log, template, outputs, kept)
                 before = Counter(self.attention.calls)
                 with self._noting() as noted, self.meter.recording() as log:
                     out = original(*args, **kwargs)
                 live = self.meter.live_keys(out)
-                if key is not None and live is not None and _self_contained(log, live, out):
-                    self.memo[key] = (log, template_of(out), live, self.attention.calls - before, noted)
+                kept = self.meter.kept(log.left) if key is not None and live is not None else ()
+                if key is not None and live is not None and _self_contained(log, [*live, *kept], out):
+                    self.memo[key] = (log, template_of(out), live, self.attention.calls - before, noted, kept)
                 return out
 
             return forward
@@ -754,13 +760,13 @@ class CallReplay:
                     window = log.events
                     if _self_contained(log, [], None) and _one_window(window):
                         self.meter.replay(EventLog(_windows(window, 1, extent)), None, [])
-                        self.memo[key] = (EventLog(_windows(window, 0, extent)), None, [], Counter(), noted)
+                        self.memo[key] = (EventLog(_windows(window, 0, extent)), None, [], Counter(), noted, ())
                         return args[returns]
                     raise AssertionError(f"{name}: a row of a proven blend was not one window")
                 with self._noting() as noted, self.meter.recording() as log:
                     out = original(*args, **kwargs)
                 if key is not None and out is args[returns] and _self_contained(log, [], None):
-                    self.memo[key] = (log, None, [], Counter(), noted)
+                    self.memo[key] = (log, None, [], Counter(), noted, ())
                     program = log.program
                     if extent > 1 and len(program) == 1 and program[0][0] == "repeat" and program[0][2] == extent \
                             and len(program[0][1]) * extent == len(log.events):

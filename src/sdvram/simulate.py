@@ -213,6 +213,7 @@ class Simulator:
                                          (vae, "blend_v", replay.wrap_inplace("vae.blend_v", 1, rows=2)),
                                          (vae, "blend_h", replay.wrap_inplace("vae.blend_h", 1, rows=3))]))
             exits.enter_context(self._switches(request.settings))
+            exits.enter_context(_device_asked_once(self.pipe))
             offload = CpuOffload(self.pipe, meter, request.settings.offload) if gpu.is_cuda else None
             with recorder.stage("load"):
                 if options.warm_process and libraries is not None:
@@ -285,7 +286,7 @@ class Simulator:
         try:
             yield
         finally:
-            reset_switches(self.pipe)
+            reset_switches(self.pipe, settings)
 
     @staticmethod
     def _stand_in(shape: tuple[int, ...], host_is_device: bool) -> torch.Tensor:
@@ -523,6 +524,27 @@ def _conversions(meter: LiveTensorMeter, pipe: Any) -> Iterator[None]:
                 parameter.data = data
         for sub, key, buffer in buffers.values():
             sub._buffers[key] = buffer
+
+
+@contextmanager
+def _device_asked_once(pipe: Any) -> Iterator[None]:
+    """diffusers' ``_execution_device`` walks every module of every model for offload hooks each time it is read
+    (twice a run); nothing on the meta pipeline moves during a run (offload is modelled, not installed), so
+    the run reads it once."""
+    found: list[Any] = []
+
+    def once(original: Any) -> Any:  # a property, not a callable
+        def read(self: Any) -> Any:
+            if self is not pipe:
+                return original.fget(self)
+            if not found:
+                found.append(original.fget(self))
+            return found[0]
+
+        return property(read)
+
+    with patched([(type(pipe), "_execution_device", once)]):
+        yield
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """Time `sdvram simulate` and measure its host memory: the whole process for 512, 1024 and 2048 px; the peak RSS at
 2048 x 2048 and at 16384 x 16384 batch 64 (the image is a shape, never pixels on the host); what the allocator model
-costs; and a 15-size sweep that builds the models once.
+costs, and what the replay split by pool saves; and a 15-size sweep that builds the models once.
 
 Usage: python benchmarks/simulate.py [RUNS]   (default 1 whole-process run per size)
 Targets (issues), on the 2-core development machine: under 10 s per whole process at 2048 x 2048, of which the
@@ -63,7 +63,7 @@ def allocator_cost() -> None:
     simulator.run(request, options)
     with_model = time.perf_counter() - start
     real = sim_module.AllocatorAccountant
-    sim_module.AllocatorAccountant = lambda allocator: LiveBytes(512)  # type: ignore[assignment,misc]
+    sim_module.AllocatorAccountant = lambda allocator, split=True: LiveBytes(512)  # type: ignore[assignment,misc]
     try:
         start = time.perf_counter()
         simulator.run(request, options)
@@ -72,6 +72,29 @@ def allocator_cost() -> None:
         sim_module.AllocatorAccountant = real
     print(f"2048 x 2048 simulation: {with_model:.2f} s with the allocator model, {without:.2f} s summing live bytes: "
           f"the model adds {with_model - without:.2f} s")
+
+
+def pool_split() -> None:
+    """A run whose calls are all replayed (a fit search's runs mostly are), with the allocator's replay split by
+    pool and with every call's events run as they came (``AllocatorAccountant._replay_split``)."""
+    from sdvram.gpus import GPUS
+    from sdvram.requests import RunRequest
+    from sdvram.simulate import SimulateOptions, Simulator
+
+    simulator = Simulator()
+    request = RunRequest(height=1904, width=1904)
+    options = SimulateOptions(GPUS["rtx3060"], stop_at_failure=True)
+    simulator.run(request, options)  # every call logged
+    times = {}
+    for split in (True, False):
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            simulator._run(request, options, None, split=split)
+            runs.append(time.perf_counter() - start)
+        times[split] = statistics.median(runs)
+    print(f"a replayed 1904 x 1904 run on an RTX 3060: {times[True]:.3f} s split by pool, {times[False]:.3f} s with "
+          "every call's events run as they came (medians of 5)")
 
 
 def sweep() -> None:
@@ -107,5 +130,6 @@ def sweep_command() -> None:
 if __name__ == "__main__":
     whole_process(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     allocator_cost()
+    pool_split()
     sweep()
     sweep_command()

@@ -328,3 +328,16 @@ def test_a_split_replay_refuses_to_release_segments_it_cannot_order() -> None:
     with pytest.raises(ReplayConflict):
         allocator.malloc(25 * MIB)  # no free block holds it, and a 26 MiB segment would take 46 MiB of 30
     assert allocator.reserved == 20 * MIB and allocator.cuda_frees == 0  # nothing was released
+
+
+def test_a_program_of_no_events_replays_to_nothing_however_often() -> None:
+    """A logged call that allocated nothing (a blend of no rows) is remembered for both pools at once: its later
+    replays apply two empty trajectories and reach no peak."""
+    allocator = CachingAllocator()
+    accountant = AllocatorAccountant(allocator)
+    accountant.alloc("kept", 3 * MIB)
+    empty = Program([("events", [])])
+    for _ in range(3):
+        assert accountant.replay_events(empty, iter(range(10)), lambda info, exc: None) == ({}, (3 * MIB, 20 * MIB,
+                                                                                                3 * MIB))
+    assert empty.applied == 4  # the second and third replays, each both pools

@@ -521,7 +521,7 @@ class AllocatorAccountant:
                 self._apply(trajectory, which, blocks)
                 program.applied += 1
                 deltas.append(trajectory.deltas)
-        most = max(map(add, *deltas)) if len(deltas) == 2 else max(deltas[0])
+        most = max(map(add, *deltas), default=0)  # one trajectory or run for each pool
         return (start_allocated + max(0, most), allocator.peak_reserved, start_requested + plan.requested_peak)
 
     def _run_indexed(self, events: list[tuple[Any, ...]], indices: Sequence[int], blocks: dict[int, Block],

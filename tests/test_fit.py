@@ -22,12 +22,11 @@ from sdvram.fit import (  # noqa: E402
     chains,
     combinations,
     largest,
-    same_run,
     simulate_with_advice,
     size_for,
     with_switches,
 )
-from sdvram.gpus import GPUS, custom_gpu, with_reserve  # noqa: E402
+from sdvram.gpus import custom_gpu, with_reserve  # noqa: E402
 from sdvram.parallel import WorkerFailed, run_side_by_side  # noqa: E402
 from sdvram.requests import RunRequest, Settings  # noqa: E402
 from sdvram.simulate import SimulateOptions, simulator_for  # noqa: E402
@@ -204,23 +203,3 @@ def test_jobs_side_by_side_return_in_order_with_every_tick(workers: int) -> None
 def test_a_job_that_fails_in_a_worker_is_reported_with_its_traceback() -> None:
     with pytest.raises(WorkerFailed, match="a job that fails"):
         run_side_by_side([_square(2), _broken], lambda: None, workers=2)
-
-
-def test_vae_tiling_changes_no_run_the_vae_does_not_tile() -> None:
-    """``same_run``: below diffusers' tile sizes (512 px, a 64-latent) a run with VAE tiling is the run without it,
-    so a search chain takes the smallest size's answer from the combination without tiling. Checked by simulating
-    both, at the smallest size and at 512 x 512, on a card they fit and on one they do not; above 512 px tiling
-    changes the run."""
-    request = RunRequest(settings=Settings(steps=10))
-    simulator = simulator_for(request, GPUS["t4"])
-    for card in (GPUS["t4"], with_reserve(custom_gpu("2GB"), 0)):
-        for side in (8, 512):
-            assert same_run(simulator, ("vae_tiling", "model_offload"), side, side) == ("model_offload",)
-            untiled, tiled = (simulator.run(RunRequest(width=side, height=side,
-                                                       settings=with_switches(request.settings, switches)),
-                                            SimulateOptions(card, stop_at_failure=True))
-                              for switches in [(), ("vae_tiling",)])
-            assert tiled.simulation.fit.fits is untiled.simulation.fit.fits is (card is GPUS["t4"])
-            assert [(s.name, s.allocated_start, s.peak_allocated, s.peak_reserved) for s in tiled.stages] == \
-                [(s.name, s.allocated_start, s.peak_allocated, s.peak_reserved) for s in untiled.stages]
-    assert same_run(simulator, ("vae_tiling",), 520, 512) == ("vae_tiling",)

@@ -143,8 +143,7 @@ def _try(simulator: Simulator, request: RunRequest, gpu: GpuSpec, switches: tupl
 
 
 def largest(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect: tuple[int, int],
-            switches: tuple[str, ...], tick: Callable[[], None], hint: int | None = None,
-            runs: dict[Any, Option] | None = None) -> Option:
+            switches: tuple[str, ...], tick: Callable[[], None], hint: int | None = None) -> Option:
     """A size that fits whose next size up (8 pixels more on the long side) does not: the largest, where fitting
     is monotonic in size (near the boundary it may not be: the allocator's fragmentation can let a slightly
     larger image fit). Long sides are multiples of 8 up to 16384.
@@ -152,18 +151,11 @@ def largest(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect: tup
     The search is a safeguarded secant on the peak against the pixels (the activations grow about linearly in
     pixels): from the smallest size and a first guess (``hint``, a long side in units of 8 pixels, else a
     1024-pixel side), each step narrows the bracket between the largest size that fitted and the smallest that
-    did not, and aims inside it (``_next_guess``). ``runs``: the options other searches of the process found, by
-    the run they simulated (``same_run``), to take instead of simulating the same run again."""
+    did not, and aims inside it (``_next_guess``)."""
     def at(units: int) -> Option:
         tick()
         width, height = size_for(units, aspect)
-        run = (same_run(simulator, switches, width, height), width, height) if runs is not None else None
-        known = runs.get(run) if runs is not None else None
-        option = replace(known, switches=switches) if known is not None else \
-            _try(simulator, request, gpu, switches, width, height)
-        if runs is not None:
-            runs[run] = option
-        seen[units] = option
+        option = seen[units] = _try(simulator, request, gpu, switches, width, height)
         return option
 
     seen: dict[int, Option] = {}
@@ -180,22 +172,6 @@ def largest(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect: tup
         if hi - lo <= 1:
             return seen[lo]
         guess = _next_guess(seen, lo, hi, gpu.capacity or 0, aspect)
-
-
-def same_run(simulator: Simulator, switches: tuple[str, ...], width: int, height: int) -> tuple[str, ...]:
-    """The switches that change the run at this size: VAE tiling changes nothing where the VAE does not tile,
-    as diffusers' ``AutoencoderKL`` tiles an image wider or taller than ``tile_sample_min_size`` (512 px in SD v1.5)
-    and a latent larger than ``tile_latent_min_size`` (64), so the smallest size of every search runs the same
-    with tiling and without."""
-    vae = simulator.pipe.vae
-    sample, latent = getattr(vae, "tile_sample_min_size", None), getattr(vae, "tile_latent_min_size", None)
-    if "vae_tiling" not in switches or not isinstance(sample, int) or not isinstance(latent, int):
-        return switches
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)  # the pipeline's vae_scale_factor
-    side = max(width, height)
-    if side <= sample and side // scale <= latent:
-        return tuple(s for s in switches if s != "vae_tiling")
-    return switches
 
 
 def _next_guess(seen: dict[int, Option], lo: int, hi: int, capacity: int, aspect: tuple[int, int]) -> int:
@@ -244,15 +220,12 @@ def chains(choices: list[tuple[str, ...]]) -> list[list[tuple[str, ...]]]:
 def search_chain(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect: tuple[int, int],
                  chain: list[tuple[str, ...]], tick: Callable[[], None]) -> list[Option]:
     """``largest`` for each combination of ``chain`` in turn. A combination holds at least about what each
-    combination it contains holds (less is on the card at once), so their best size is its first guess; a run
-    one of them simulated already (the smallest size, the same with VAE tiling: ``same_run``) is not simulated
-    again."""
+    combination it contains holds (less is on the card at once), so their best size is its first guess."""
     options: list[Option] = []
-    runs: dict[Any, Option] = {}
     for switches in chain:
         hints = [max(o.width or 0, o.height or 0) // UNIT for o in options
                  if o.fits and set(o.switches) <= set(switches)]
-        options.append(largest(simulator, request, gpu, aspect, switches, tick, max(hints, default=None), runs))
+        options.append(largest(simulator, request, gpu, aspect, switches, tick, max(hints, default=None)))
     return options
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("src", "tests", "tools", "docs", "images", "pyproject.toml")
 # The tests that guard the model: measurements (to the byte), convolution tables, attention against the allocator
-# trace, calibration
+# trace, calibration, and the allocator's replay (split by pool) against its events one by one
 TESTS = ("tests/test_measurements.py", "tests/test_workspaces.py", "tests/test_attention.py",
-         "tests/test_calibrated.py")
+         "tests/test_calibrated.py", "tests/test_allocator.py")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,12 @@ MUTATIONS = (
     Mutation("allocator rounding 512 -> 256 bytes", ALLOC, "K_MIN_BLOCK_SIZE = 512", "K_MIN_BLOCK_SIZE = 256"),
     Mutation("small segments 2 MiB -> 4 MiB", ALLOC, "K_SMALL_BUFFER = 2_097_152", "K_SMALL_BUFFER = 4_194_304"),
     Mutation("large segments rounded to 1 MiB, not 2", ALLOC, "K_ROUND_LARGE = 2_097_152", "K_ROUND_LARGE = 1_048_576"),
+    # the replay split by pool (AllocatorAccountant._replay_split): exact only where its conditions hold
+    Mutation("replay split: small windows charged whether or not they fit", ALLOC,
+             'if run[0] == "window" and pool and pool[-1] >> ADDRESS_BITS >= run[2]:', 'if run[0] == "window":'),
+    Mutation("replay split: a pool's trajectory applied from any start", ALLOC,
+             "found = {which: program.pools[which].get(starts[which]) for which in (True, False)}",
+             "found = {which: next(iter(program.pools[which].values()), None) for which in (True, False)}"),
     # cuBLAS and cuBLASLt workspaces
     Mutation("sm90 cuBLAS workspace halved", WORK, "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 8",
              "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 4"),

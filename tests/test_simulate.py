@@ -289,3 +289,18 @@ def test_the_written_out_meta_kernels_change_no_figure(monkeypatch: pytest.Monke
     ours = Simulator(Architecture.tiny, DType.float16).run(request, options)
     monkeypatch.setattr(sdvram.meters, "META_KERNELS", {})
     assert figures(Simulator(Architecture.tiny, DType.float16).run(request, options)) == figures(ours)
+
+
+@pytest.mark.xfail(strict=True, reason="known: with sequential offload SDXL's upcast VAE is counted on the device, and "
+                   "differently in a run whose decoder call is replayed; see docs/simulate.md")
+def test_an_sdxl_run_with_sequential_offload_is_the_same_again() -> None:
+    """A simulator's second run of the same request must give what its first gave. SDXL with sequential offload
+    does not yet: its first run at 8 x 8 peaks at 543,921,664 bytes after the VAE decode (the upcast VAE's float32
+    weights and their float16 copies, counted on the device), the second at 364,170,752 (its decoder call replayed).
+    Which a real run gives is not measured (the H200 runs of SDXL had no offload); a run must at least not depend on
+    what its simulator ran before it."""
+    simulator = Simulator(pipeline="sdxl-txt2img")
+    request = RunRequest(width=8, height=8, pipeline="sdxl-txt2img",
+                         settings=Settings(offload=Offload.sequential))
+    first, second = (simulator.run(request, SimulateOptions(GPUS["rtx3060"])) for _ in range(2))
+    assert second.peak_allocated == first.peak_allocated

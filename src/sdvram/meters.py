@@ -533,16 +533,7 @@ class LiveTensorMeter(TorchDispatchMode):
             assert self.series is not None and log.steps is not None
             base, reserved = self.accountant.allocated, self.accountant.reserved
             self.series.extend((base + step, reserved) for step in log.steps)
-        fast = getattr(self.accountant, "replay_events", None)
-        if fast is not None and not self.explain and self.log is None:
-            fresh = self._replay_fast(log, fast)
-        else:
-            fresh = {}
-            for event in log.events:
-                if event[0] == "alloc":
-                    fresh[event[1]] = self._alloc(event[2])
-                else:
-                    self._free(fresh.pop(event[1]))
+        fresh = self._replay_events(log)
         if stepped:  # the call's steps are in the timeline already: the next step starts after it
             self._window, self._window_reserved = self.accountant.allocated, self.accountant.reserved
         for old in kept:
@@ -555,6 +546,21 @@ class LiveTensorMeter(TorchDispatchMode):
         for tensor, old in zip(tensors, outputs, strict=True):
             self._bind(tensor.untyped_storage(), fresh.pop(old))
         return out
+
+    def _replay_events(self, log: EventLog) -> dict[int, int]:
+        """Make and free ``log``'s allocations in order: in one call to an accountant that can take them so
+        (``_replay_fast``), else one by one (as ``explain`` wants, for a snapshot at each peak, and a log being
+        recorded, which takes every event). Returns the log's keys of what is left live -> their new keys."""
+        fast = getattr(self.accountant, "replay_events", None)
+        if fast is not None and not self.explain and self.log is None:
+            return self._replay_fast(log, fast)
+        fresh: dict[int, int] = {}
+        for event in log.events:
+            if event[0] == "alloc":
+                fresh[event[1]] = self._alloc(event[2])
+            else:
+                self._free(fresh.pop(event[1]))
+        return fresh
 
     def _replay_fast(self, log: EventLog, fast: Any) -> dict[int, int]:
         """The events of ``log`` sent to the accountant in one call (``replay_events``), for an accountant that
@@ -586,19 +592,9 @@ class LiveTensorMeter(TorchDispatchMode):
     def replay_resident(self, log: EventLog, bindings: list[tuple[Any, int, str]]) -> None:
         """Make and free a logged construction's allocations in order, then hold the ones it left live as
         resident weights: ``bindings`` gives each one's storage, its key in the log, and its owner. The
-        storages outlive the run, so no finalizer is set. Sent to the accountant in one call where it can take
-        them so (``_replay_fast``: a fit search loads the weights forty times), one by one where ``explain``
-        wants a snapshot at each peak."""
-        fast = getattr(self.accountant, "replay_events", None)
-        if fast is not None and not self.explain and self.log is None:
-            fresh = self._replay_fast(log, fast)
-        else:
-            fresh = {}
-            for event in log.events:
-                if event[0] == "alloc":
-                    fresh[event[1]] = self._alloc(event[2])
-                else:
-                    self._free(fresh.pop(event[1]))
+        storages outlive the run, so no finalizer is set. The events go as a replayed call's do
+        (``_replay_events``: a fit search loads the weights forty times)."""
+        fresh = self._replay_events(log)
         for storage, old, owner in bindings:
             key = fresh.pop(old)
             self._keys[storage._cdata] = key

@@ -493,8 +493,9 @@ class LiveTensorMeter(TorchDispatchMode):
             self._resident.add(key)
 
     def kept(self, keys: Any) -> tuple[int, ...]:
-        """Those of ``keys`` that are held for the rest of the process (``keep``, or resident weights)."""
-        return tuple(key for key in keys if key in self._resident)
+        """Those of ``keys`` that a library holds for the rest of the process (``keep``; not weights, which a
+        module's move to the device binds to its storages)."""
+        return tuple(key for key in keys if key in self._resident and self._live[key].kind != "weights")
 
     # -- reading -------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

@@ -288,11 +288,10 @@ class Program(list):  # type: ignore[type-arg]
 
 @dataclass
 class _Plan:
-    """A program's events in order and each one's pool, and what does not depend on the allocator's state: the
+    """A program's events in order, where each pool's are, and what does not depend on the allocator's state: the
     most bytes requested at once, less at the start (requests are counted unrounded)."""
 
     events: list[tuple[Any, ...]]
-    small: list[bool]  # per event: in the small pool
     requested_peak: int
     indices: dict[bool, list[int]]  # per pool: its events' places in ``events``
     small_runs: list[tuple[Any, ...]]  # the small pool's events as ``_small_runs`` groups them
@@ -319,7 +318,34 @@ class _Plan:
         indices = {which: [i for i, flag in enumerate(small) if flag is which] for which in (True, False)}
         freed = {event[1] for event in events if event[0] == "free"}
         left = [event[1] for event in events if event[0] == "alloc" and event[1] not in freed]
-        return cls(events, small, requested, indices, _small_runs(events, indices[True]), left)
+        return cls(events, requested, indices, _small_runs(events, indices[True]), left)
+
+
+def window_bounds(events: Sequence[tuple[Any, ...]]) -> tuple[dict[Any, int], dict[int, int]]:
+    """For ``window_end``: each allocation's place in ``events`` by its key, and the place of its free by the
+    allocation's place."""
+    index = {e[1]: i for i, e in enumerate(events) if e[0] == "alloc"}
+    freed = {index[e[1]]: i for i, e in enumerate(events) if e[0] == "free" and e[1] in index}
+    return index, freed
+
+
+def window_end(events: Sequence[tuple[Any, ...]], index: dict[Any, int], freed: dict[int, int],
+               start: int) -> int | None:
+    """The last event of the shortest net-zero window starting at ``start``: a run of events that frees every
+    allocation it makes and nothing else (None if there is none)."""
+    if events[start][0] != "alloc" or start not in freed:
+        return None
+    end, k = freed[start], start
+    while k <= end:
+        event = events[k]
+        if event[0] == "alloc":
+            if k not in freed:
+                return None
+            end = max(end, freed[k])
+        elif index.get(event[1], -1) < start:  # frees something made before the window
+            return None
+        k += 1
+    return end
 
 
 def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple[Any, ...]]:
@@ -334,20 +360,12 @@ def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple
     window's allocations before each of them, and each finds a block. Such a window leaves the pool's blocks
     as they were (its blocks all freed, the same maximal free runs) and charges what ``charged`` says,
     whatever the pool's state: it need not be run."""
-    made = {events[i][1]: n for n, i in enumerate(indices) if events[i][0] == "alloc"}
-    freed = {made[events[i][1]]: n for n, i in enumerate(indices) if events[i][0] == "free"}
+    own = [events[i] for i in indices]
+    index, freed = window_bounds(own)
     runs: list[tuple[Any, ...]] = []
     n = 0
     while n < len(indices):
-        end = freed.get(n) if events[indices[n]][0] == "alloc" else None
-        k = n
-        while end is not None and k <= end:
-            event = events[indices[k]]
-            if event[0] == "alloc":
-                end = max(end, freed[k]) if k in freed else None
-            elif made[event[1]] < n:
-                end = None
-            k += 1
+        end = window_end(own, index, freed, n)
         if end is None:
             runs.append(("event", indices[n]))
             n += 1
@@ -454,26 +472,14 @@ class AllocatorAccountant:
     def _replay_program(self, program: list[tuple[Any, ...]], blocks: dict[int, Block],
                         refused: Callable[[Any, AllocatorOutOfMemory], None]) -> None:
         allocator = self.allocator
-        malloc, free = allocator.malloc, allocator.free
-
-        def run(events: Sequence[tuple[Any, ...]]) -> None:
-            for event in events:
-                if event[0] == "alloc":
-                    try:
-                        blocks[event[1]] = malloc(event[2].size)
-                    except AllocatorOutOfMemory as exc:
-                        refused(event[2], exc)
-                        blocks[event[1]] = malloc(event[2].size)
-                else:
-                    free(blocks.pop(event[1]))
-
         for item in program:
+            events = item[1]
             if item[0] == "events":
-                run(item[1])
+                self._run_indexed(events, range(len(events)), blocks, None, refused)
                 continue
             for _ in range(item[2]):
                 segments = allocator.cuda_mallocs, allocator.cuda_frees
-                run(item[1])
+                self._run_indexed(events, range(len(events)), blocks, None, refused)
                 if (allocator.cuda_mallocs, allocator.cuda_frees) == segments:
                     break
 
@@ -525,9 +531,10 @@ class AllocatorAccountant:
         return (start_allocated + max(0, most), allocator.peak_reserved, start_requested + plan.requested_peak)
 
     def _run_indexed(self, events: list[tuple[Any, ...]], indices: Sequence[int], blocks: dict[int, Block],
-                     charged: dict[bool, list[int]], refused: Callable[[Any, AllocatorOutOfMemory], None]) -> None:
-        """The events at ``indices``, in order, each block's bytes noted in its pool's ``charged`` (less for a
-        free)."""
+                     charged: dict[bool, list[int]] | None,
+                     refused: Callable[[Any, AllocatorOutOfMemory], None]) -> None:
+        """The events at ``indices``, in order, each block's bytes noted in its pool's ``charged`` where given
+        (less for a free)."""
         malloc, free = self.allocator.malloc, self.allocator.free
         for i in indices:
             event = events[i]
@@ -538,10 +545,12 @@ class AllocatorAccountant:
                     refused(event[2], exc)
                     block = malloc(event[2].size)
                 blocks[event[1]] = block
-                charged[block.small][i] = block.size
+                if charged is not None:
+                    charged[block.small][i] = block.size
             else:
                 block = blocks.pop(event[1])
-                charged[block.small][i] = -block.size
+                if charged is not None:
+                    charged[block.small][i] = -block.size
                 free(block)
 
     def _run_small(self, plan: _Plan, blocks: dict[int, Block], charged: dict[bool, list[int]],

@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import SUPPORTED_NODES, tree_flatten, tree_unflatten
 
 from sdvram.accounting import Accountant
-from sdvram.allocator import AllocatorOutOfMemory, Program
+from sdvram.allocator import AllocatorOutOfMemory, Program, window_bounds, window_end
 from sdvram.metakernels import KERNELS as META_KERNELS
 
 NVML_SAMPLE_SECONDS = 0.005  # NVML's memory counters update about this often; finer sampling sees no more
@@ -286,13 +286,12 @@ def repeated_windows(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     it can be), and ``count`` (2 or more) consecutive windows make the same requests in the same order (the
     same sizes, each free naming the same place in its window). The VAE's tile blending is such a program: one
     window per pixel row, the same for every row. Linear in the events."""
-    index = {e[1]: i for i, e in enumerate(events) if e[0] == "alloc"}
-    freed = {index[e[1]]: i for i, e in enumerate(events) if e[0] == "free" and e[1] in index}
+    index, freed = window_bounds(events)
     items: list[tuple[Any, ...]] = []
     previous: tuple[Any, ...] | None = None
     i, n = 0, len(events)
     while i < n:
-        end = _window_end(events, index, freed, i)
+        end = window_end(events, index, freed, i)
         if end is None:
             items.append(("event", events[i]))
             previous = None
@@ -318,23 +317,6 @@ def repeated_windows(events: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         else:
             program.append(("events", list(events)))
     return program
-
-
-def _window_end(events: list[tuple[Any, ...]], index: dict[int, int], freed: dict[int, int], start: int) -> int | None:
-    """The last event of the shortest net-zero window starting at ``start`` (None if there is none)."""
-    if events[start][0] != "alloc" or start not in freed:
-        return None
-    end, k = freed[start], start
-    while k <= end:
-        event = events[k]
-        if event[0] == "alloc":
-            if k not in freed:
-                return None
-            end = max(end, freed[k])
-        elif index.get(event[1], -1) < start:  # frees something made before the window
-            return None
-        k += 1
-    return end
 
 
 def _signature(window: list[tuple[Any, ...]]) -> tuple[Any, ...]:

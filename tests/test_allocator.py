@@ -303,9 +303,8 @@ def test_a_program_replayed_pool_by_pool_ends_where_its_events_end(capacity: int
         calls += 1
         expected = slow.replay_events(one_by_one, iter(range(first, first + 10)), lambda info, exc: None)
         assert (left, peaks) == expected, call
-        state = [(a.allocator.free_blocks() and [(b.addr, b.size, b.small) for b in a.allocator.free_blocks()],
-                  dict(a.allocator.segments), a.allocator.allocated, a.allocator.reserved, a.allocator.requested)
-                 for a in (fast, slow)]
+        state = [([(b.addr, b.size, b.small) for b in a.allocator.free_blocks()], dict(a.allocator.segments),
+                  a.allocator.allocated, a.allocator.reserved, a.allocator.requested) for a in (fast, slow)]
         assert state[0] == state[1], call
         for key in left.values():  # the outputs are where they are in both
             assert (fast._blocks[key].addr, fast._blocks[key].size) == (slow._blocks[key].addr, slow._blocks[key].size)

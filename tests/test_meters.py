@@ -176,14 +176,15 @@ def test_the_group_norm_meta_kernel_gives_what_pytorch_s_gives(dtype: str, shape
     from sdvram.metakernels import native_group_norm
 
     kind = getattr(torch, dtype)
-    x = torch.empty(shape, dtype=kind, device="meta")
     groups = 4 if shape[1] % 32 else 32
     weight = torch.empty(shape[1], dtype=kind, device="meta") if affine else None
-    inner = x.numel() // (shape[0] * shape[1])
-    arguments = (x, weight, weight, shape[0], shape[1], inner, groups, 1e-5)
-    ours = native_group_norm(*arguments)
-    assert ours is not None
-    assert _described(ours) == _described(torch.ops.aten.native_group_norm.default(*arguments))
+    for layout, x in _layouts(shape, kind).items():  # ours answers the contiguous input, and where it answers
+        inner = x.numel() // (shape[0] * shape[1])  # another, gives what PyTorch gives
+        arguments = (x, weight, weight, shape[0], shape[1], inner, groups, 1e-5)
+        ours = native_group_norm(*arguments)
+        assert ours is not None or layout != "contiguous"
+        if ours is not None:
+            assert _described(ours) == _described(torch.ops.aten.native_group_norm.default(*arguments)), layout
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
@@ -195,12 +196,113 @@ def test_the_layer_norm_meta_kernel_gives_what_pytorch_s_gives(dtype: str, shape
     from sdvram.metakernels import native_layer_norm
 
     kind = getattr(torch, dtype)
-    x = torch.empty(shape, dtype=kind, device="meta")
     weight = torch.empty(normalized, dtype=kind, device="meta") if affine else None
-    ours = native_layer_norm(x, list(normalized), weight, weight, 1e-5)
+    for layout, x in _layouts(shape, kind).items():
+        ours = native_layer_norm(x, list(normalized), weight, weight, 1e-5)
+        assert ours is not None or layout != "contiguous"
+        if ours is not None:
+            theirs = torch.ops.aten.native_layer_norm.default(x, list(normalized), weight, weight, 1e-5)
+            assert _described(ours) == _described(theirs), layout
+
+
+def _layouts(shape: tuple, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One shape in the layouts a pipeline hands pointwise ops: contiguous, channels-last, a transposed view, a
+    slice of a wider tensor (GEGLU's gate), an expanded tensor, and a permuted view."""
+    wide = list(shape)
+    wide[-1] *= 2
+    layouts = {"contiguous": torch.empty(shape, dtype=dtype, device="meta"),
+               "transposed": torch.empty(shape[::-1], dtype=dtype, device="meta").permute(
+                   *reversed(range(len(shape)))),
+               "slice": torch.empty(wide, dtype=dtype, device="meta").chunk(2, -1)[1],
+               "expanded": torch.empty((1, *shape[1:]), dtype=dtype, device="meta").expand(shape)}
+    if len(shape) == 4:
+        layouts["channels_last"] = layouts["contiguous"].to(memory_format=torch.channels_last)
+    if 1 in shape:  # contiguous, with other strides on the dimensions of size 1 (PyTorch's kernels disagree there)
+        odd = [7 * s if n == 1 else s for n, s in zip(shape, layouts["contiguous"].stride(), strict=True)]
+        layouts["odd size-1 strides"] = layouts["contiguous"].as_strided(shape, odd)
+        if len(shape) == 4 and shape[0] == 1:  # channels-last, the batch's stride that of one pixel (SDXL's VAE)
+            last = layouts["channels_last"].stride()
+            layouts["odd channels_last"] = layouts["channels_last"].as_strided(shape, (last[3], *last[1:]))
+    if len(shape) == 3:
+        layouts["permuted"] = torch.empty((shape[0], shape[2], shape[1]), dtype=dtype, device="meta").transpose(1, 2)
+    return layouts
+
+
+POINTWISE_CALLS = [  # (op, arguments beyond the tensors, keyword arguments, how many tensors)
+    ("add.Tensor", (), {}, 2), ("add.Tensor", (2.0,), {}, 1), ("add.Tensor", (), {"alpha": 3}, 2),
+    ("sub.Tensor", (), {}, 2), ("sub.Tensor", (1,), {"alpha": 0.5}, 1), ("mul.Tensor", (), {}, 2),
+    ("mul.Tensor", (0.18215,), {}, 1), ("mul.Tensor", (2,), {}, 1), ("div.Tensor", (), {}, 2),
+    ("div.Tensor", (2.0,), {}, 1), ("div.Tensor", (3,), {}, 1), ("silu.default", (), {}, 1),
+    ("gelu.default", (), {}, 1), ("gelu.default", (), {"approximate": "tanh"}, 1),
+    ("clamp.default", (-1.0, 1.0), {}, 1), ("clamp.default", (0, 255), {}, 1), ("clamp.default", (None, 1.0), {}, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("shape", [(2, 320, 12, 10), (2, 4096, 320), (1, 4, 1, 1), (3, 1, 5, 7), (7,), (5, 6),
+                                   (1, 512, 6, 4), (1, 77, 768)])
+def test_the_pointwise_meta_kernels_give_what_pytorch_s_give(dtype: str, shape: tuple) -> None:
+    """Every pair of layouts of one shape (and each layout alone, with a number), each op: ours, where it answers,
+    describes the output PyTorch's own kernel makes; contiguous inputs (the strides ``torch.empty`` gives) it
+    always answers."""
+    from sdvram.metakernels import KERNELS
+
+    kind = getattr(torch, dtype)
+    layouts = _layouts(shape, kind)
+    for name, extra, kwargs, tensors in POINTWISE_CALLS:
+        op = getattr(getattr(torch.ops.aten, name.split(".")[0]), name.split(".")[1])
+        pairs = [(a,) for a in layouts] if tensors == 1 else [(a, b) for a in layouts for b in layouts]
+        for pair in pairs:
+            arguments = (*(layouts[p] for p in pair), *extra)
+            ours = KERNELS[op](*arguments, **kwargs)
+            if set(pair) == {"contiguous"}:
+                assert ours is not None, (name, pair)
+            if ours is not None:
+                assert _described((ours,)) == _described((op(*arguments, **kwargs),)), (name, pair, extra, kwargs)
+
+
+def test_the_pointwise_meta_kernels_leave_other_inputs_to_pytorch() -> None:
+    from sdvram.metakernels import KERNELS
+
+    aten = torch.ops.aten
+    x = torch.empty(2, 3, device="meta", dtype=torch.float16)
+    assert KERNELS[aten.add.Tensor](x, torch.empty(3, device="meta", dtype=torch.float16)) is None  # a broadcast
+    assert KERNELS[aten.add.Tensor](x, torch.empty(2, 3, device="meta")) is None  # two dtypes: promotion
+    assert KERNELS[aten.mul.Tensor](torch.empty(2, 3, device="meta", dtype=torch.int64), 0.5) is None  # to float
+    assert KERNELS[aten.mul.Tensor](x, True) is None
+    assert KERNELS[aten.add.Tensor](x, torch.empty(2, 3, dtype=torch.float16)) is None  # a CPU tensor
+    assert KERNELS[aten.add.Tensor](x, torch.empty((), device="meta", dtype=torch.float16)) is None  # a 0-dim one
+    assert KERNELS[aten.div.Tensor](torch.empty(2, 3, dtype=torch.float16), 2.0) is None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize(("bias", "transposed"), [((1280,), True), ((1280,), False), ((6, 1280), False),
+                                                  ((1, 1280), True)])
+def test_the_addmm_meta_kernel_gives_what_pytorch_s_gives(dtype: str, bias: tuple, transposed: bool) -> None:
+    from sdvram.metakernels import addmm
+
+    kind = getattr(torch, dtype)
+    mat1 = torch.empty(6, 320, dtype=kind, device="meta")
+    mat2 = (torch.empty(1280, 320, dtype=kind, device="meta").t() if transposed
+            else torch.empty(320, 1280, dtype=kind, device="meta"))
+    b = torch.empty(bias, dtype=kind, device="meta")
+    ours = addmm(b, mat1, mat2)
     assert ours is not None
-    theirs = torch.ops.aten.native_layer_norm.default(x, list(normalized), weight, weight, 1e-5)
-    assert _described(ours) == _described(theirs)
+    assert _described((ours,)) == _described((torch.ops.aten.addmm.default(b, mat1, mat2),))
+    assert addmm(b, mat1, mat2, beta=0.5) is None
+    assert addmm(torch.empty(7, dtype=kind, device="meta"), mat1, mat2) is None
+
+
+def test_the_layer_norm_meta_kernel_takes_a_permuted_input_as_pytorch_s_does() -> None:
+    """The Transformer2DModel's norm gets the convolution's output viewed as (batch, pixels, channels)."""
+    from sdvram.metakernels import native_layer_norm
+
+    x = torch.empty(2, 320, 12, 10, dtype=torch.float16, device="meta").permute(0, 2, 3, 1).reshape(2, 120, 320)
+    assert not x.is_contiguous()
+    weight = torch.empty(320, dtype=torch.float16, device="meta")
+    ours = native_layer_norm(x, [320], weight, weight, 1e-5)
+    assert ours is not None
+    assert _described(ours) == _described(torch.ops.aten.native_layer_norm.default(x, [320], weight, weight, 1e-5))
 
 
 def test_the_meta_kernels_leave_other_inputs_to_pytorch() -> None:
@@ -209,8 +311,6 @@ def test_the_meta_kernels_leave_other_inputs_to_pytorch() -> None:
     channels_last = torch.empty(2, 32, 8, 8, device="meta").to(memory_format=torch.channels_last)
     assert native_group_norm(channels_last, None, None, 2, 32, 64, 32, 1e-5) is None
     assert native_group_norm(torch.empty(2, 32, 8, 8), None, None, 2, 32, 64, 32, 1e-5) is None  # a CPU tensor
-    transposed = torch.empty(8, 64, device="meta").t()
-    assert native_layer_norm(transposed, [8], None, None, 1e-5) is None
     assert native_layer_norm(torch.empty(4, 8, device="meta"), [9], None, None, 1e-5) is None  # a wrong shape
     wrong = torch.empty(9, device="meta")
     assert native_layer_norm(torch.empty(4, 8, device="meta"), [8], wrong, None, 1e-5) is None  # PyTorch's raises

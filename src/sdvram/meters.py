@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import count
 from typing import Any, NamedTuple, Protocol
 
@@ -679,9 +680,9 @@ class LiveTensorMeter(TorchDispatchMode):
         allocation). The reference is kept until then."""
         cdata = storage._cdata
         self._keys[cdata] = key
-        self._watch[key] = weakref.ref(storage, lambda _, cdata=cdata, key=key: self._release(cdata, key))
+        self._watch[key] = weakref.ref(storage, partial(self._release, cdata, key))
 
-    def _release(self, cdata: int, key: int) -> None:
+    def _release(self, cdata: int, key: int, _: Any = None) -> None:
         del self._watch[key]
         if self._keys.get(cdata) == key:
             del self._keys[cdata]

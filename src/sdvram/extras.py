@@ -7,6 +7,8 @@ import importlib.util
 import signal
 import threading
 
+from sdvram.collector import long_lived
+
 PROFILE_MODULES = ("torch", "diffusers", "transformers")  # what `pip install 'sdvram[profile]'` brings
 OFFLOAD_MODULES = ("accelerate",)  # the profile extra's too; only a real run with CPU offload needs it
 PLOT_MODULES = ("matplotlib",)  # the plot extra: --png, --timeline, sdvram plot
@@ -74,15 +76,17 @@ def import_uninterrupted(modules: tuple[str, ...] = HEAVY_MODULES) -> None:
     traceback instead of "interrupted"."""
     check_address_space()
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        for module in modules:
-            importlib.import_module(module)
+        with long_lived():
+            for module in modules:
+                importlib.import_module(module)
         return
     asked: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: asked.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for module in modules:
-            importlib.import_module(module)
+        with long_lived():  # what the libraries make lives as long as the process (collector.py)
+            for module in modules:
+                importlib.import_module(module)
     except (ImportError, OSError, MemoryError) as exc:  # the extras are there (checked first): a failed load is
         if host_out_of_memory(exc):  # the host's
             from sdvram.errors import HostOutOfMemory

@@ -63,6 +63,7 @@ from sdvram.attention import (
     needs_output_accumulator,
 )
 from sdvram.choices import Architecture, DType, Kernel, Offload
+from sdvram.collector import long_lived
 from sdvram.engine import (
     Progress,
     StageRecorder,
@@ -996,7 +997,8 @@ def simulator_for(request: RunRequest, gpu: GpuSpec) -> Simulator:
     build = build_of(request, gpu)
     if build not in _SIMULATORS:
         pipeline, architecture, dtype, safety_checker, vae = build
-        _SIMULATORS[build] = Simulator(architecture, dtype, safety_checker, pipeline, vae)
+        with long_lived():  # the built pipeline lives as long as the process (collector.py)
+            _SIMULATORS[build] = Simulator(architecture, dtype, safety_checker, pipeline, vae)
     return _SIMULATORS[build]
 
 

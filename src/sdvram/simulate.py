@@ -36,6 +36,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
@@ -83,6 +86,7 @@ from sdvram.meters import (
     Snapshot,
     StopRun,
     call_key,
+    op_tensors,
     repeated_windows,
     strided_nbytes,
     template_of,
@@ -92,6 +96,7 @@ from sdvram.pipelines import DEFAULT, IMAGE_AND_MASK, Family, find_family
 from sdvram.record import Fit, Record, Simulation
 from sdvram.requests import RunRequest, Settings, SimulateOptions
 from sdvram.stages import label
+from sdvram.twins import mark, signature
 from sdvram.verdicts import DOES_NOT_FIT, judge, margin_for
 from sdvram.workspaces import Conv, conv_workspace, cublas_workspaces
 
@@ -140,8 +145,12 @@ class Simulator:
             if isinstance(module, torch.nn.Module):
                 for name, sub in module.named_modules():
                     self.names[id(sub)] = f"{component}.{name}" if name else component
+        # the UNet's and the VAE's blocks that come in twins (CallReplay.wrap_twin), the outer before the inner
+        self.blocks = [block for model in (self.pipe.unet, self.pipe.vae) for block in model.modules()
+                       if isinstance(block, TWIN_BLOCKS)]
         self._op_cache: dict[Any, Any] = {}  # shared by every run: meta output shapes by input metadata
         self._calls: dict[Any, Any] = {}  # shared by every run: module calls' logs (CallReplay)
+        self._signatures: dict[Any, Any] = {}  # shared by every run: the twin blocks' signatures (CallReplay)
 
     def accepts(self, request: RunRequest, gpu: GpuSpec) -> bool:
         """Was this simulator built for what ``request`` runs?"""
@@ -204,6 +213,7 @@ class Simulator:
                        request.settings.offload, options.explain)
             memo = None if options.timeline else self._calls
             replay = CallReplay(meter, attention, options.replay, memo, context, libraries)
+            replay.signatures = self._signatures
             vae = self.pipe.vae
             encoders = [(name, module) for name in ("text_encoder", "text_encoder_2")
                         if isinstance(module := getattr(self.pipe, name, None), torch.nn.Module)]
@@ -212,7 +222,8 @@ class Simulator:
                                          (vae.encoder, "forward", replay.wrap("vae.encoder")),
                                          (vae.decoder, "forward", replay.wrap("vae.decoder")),
                                          (vae, "blend_v", replay.wrap_inplace("vae.blend_v", 1, rows=2)),
-                                         (vae, "blend_h", replay.wrap_inplace("vae.blend_h", 1, rows=3))]))
+                                         (vae, "blend_h", replay.wrap_inplace("vae.blend_h", 1, rows=3)),
+                                         *[(block, "forward", replay.wrap_twin(block)) for block in self.blocks]]))
             exits.enter_context(self._switches(request.settings))
             exits.enter_context(_device_asked_once(self.pipe))
             offload = CpuOffload(self.pipe, meter, request.settings.offload) if gpu.is_cuda else None
@@ -709,10 +720,11 @@ class CallReplay:
         self.meter, self.attention, self.enabled = meter, attention, enabled
         # key -> (the log, the outputs' template, their keys in the log, the attention calls, the workspaces noted,
         # the keys of what the call left held for the process: cuBLAS's workspaces)
-        self.memo: dict[Any, tuple[EventLog, Any, list[int], Counter[tuple[str, int, int, str]], dict[str, int],
-                                   tuple[int, ...]]] = {} if memo is None else memo
+        # (wrap_twin's entries add whether the call leaves no upsample's output noted)
+        self.memo: dict[Any, tuple[Any, ...]] = {} if memo is None else memo
         self.context, self.libraries = context, libraries
         self.called: set[Any] = set()  # the keys of this run's calls
+        self.signatures: dict[Any, Any] = {}  # the twin blocks' signatures (wrap_twin; the simulator's, to share)
         self.replayed: Counter[str] = Counter()
 
     def _key(self, name: str, args: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -803,9 +815,73 @@ class CallReplay:
 
         return wrapper
 
+    def wrap_twin(self, module: torch.nn.Module) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """For a block of the UNet or the VAE (``twins.py``), inside a call being logged (the UNet's first call at a
+        size, a VAE call of new shapes): a call alike to one already logged, its block's ``signature`` and its
+        arguments' metadata the same, is replayed from that one's log, its events going into the outer call's log
+        one by one; another runs, and its events, a slice of the outer log, are kept for the calls alike to it.
+        Outside a logged call the block runs (its model's call is then replayed whole, or not kept at all); and in
+        a timeline or an ``explain`` run, whose steps and owners a replay would not give.
+
+        Beyond the arguments, one thing before a call can shape it: whether an argument is the output of the
+        nearest-neighbour upsample just before it (``GpuLibraries.upsampled``, for the convolution after it), which
+        is part of the key; and a block that leaves an upsample's output noted is not kept."""
+        def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                outer = self.meter.log
+                if outer is None or not self.enabled or self.meter.explain or self.meter.series is not None:
+                    return original(*args, **kwargs)
+                arguments = call_key(args, kwargs)
+                # a block's signature is worked out once a process for each context and each dtype its weights are
+                # in (SDXL's VAE is upcast for its decoder); its other attributes change only with the switches
+                # the context names (the attention processors)
+                state = (id(module), self.context, *(p.dtype for p in module.parameters()))
+                held = self.signatures.get(state, False)
+                if held is False:
+                    held = self.signatures[state] = signature(module)
+                if arguments is None or held is None:
+                    return original(*args, **kwargs)
+                libraries = self.libraries
+                upsampled = libraries.upsampled if libraries is not None else None
+                after_upsample = upsampled is not None and any(
+                    t.untyped_storage()._cdata == upsampled for t in op_tensors((args, kwargs)))
+                key = ("twin", held, self.context, libraries.blas_ready if libraries is not None else None,
+                       after_upsample, arguments)
+                entry = self.memo.get(key)
+                if entry is not None:
+                    log, template, outputs, calls, noted, kept, clears = entry
+                    self.replayed["twin blocks"] += 1
+                    self.attention.calls.update(calls)
+                    if libraries is not None:
+                        libraries.merge(noted)
+                        if kept:
+                            libraries.blas_ready = True
+                        if clears:
+                            libraries.upsampled = None
+                    return self.meter.replay(log, template, outputs, kept)
+                before, start = Counter(self.attention.calls), len(outer.events)
+                with self._noting() as noted:
+                    out = original(*args, **kwargs)
+                log = EventLog(outer.events[start:])
+                live = self.meter.live_keys(out)
+                after = libraries.upsampled if libraries is not None else None
+                if live is not None and after in (None, upsampled):
+                    kept = self.meter.kept(log.left)
+                    if _self_contained(log, [*live, *kept], out):
+                        self.memo[key] = (log, template_of(out), live, self.attention.calls - before, noted, kept,
+                                          after is None)
+                return out
+
+            return mark(forward)
+
+        return wrapper
+
     def _noting(self) -> Any:
         """The workspaces a logged call allocates (``GpuLibraries.noting``; nothing without a GPU)."""
         return self.libraries.noting() if self.libraries is not None else nullcontext({})
+
+
+TWIN_BLOCKS = (ResnetBlock2D, Transformer2DModel, BasicTransformerBlock)  # built alike many times in a UNet
 
 
 def _blend_rows(args: tuple[Any, ...], kwargs: dict[str, Any], dim: int) -> int:

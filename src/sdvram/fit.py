@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from sdvram.choices import Offload
+from sdvram.collector import settle
 from sdvram.engine import Progress
 from sdvram.gpus import GpuSpec
 from sdvram.inputs import MAX_SIDE
@@ -136,6 +137,7 @@ def _try(simulator: Simulator, request: RunRequest, gpu: GpuSpec, switches: tupl
     if width is not None:
         run = replace(run, image=None, width=width, height=height)
     record = simulator.run(run, SimulateOptions(gpu, stop_at_failure=True))
+    settle()  # what the run left for the search's next runs lives as long as they do (collector.py)
     fit = record.simulation.fit if record.simulation else None
     fits = fit is not None and fit.fits
     return Option(switches, fits, record.peak_allocated if fits else None,

@@ -682,6 +682,13 @@ class LiveTensorMeter(TorchDispatchMode):
         self._keys[cdata] = key
         self._watch[key] = weakref.ref(storage, partial(self._release, cdata, key))
 
+    def forget(self) -> None:
+        """Stop following the storages still alive (their weak references go, callbacks uncalled): after a run,
+        whose figures are taken. The references' callbacks hold the meter, which holds them, a cycle that only
+        the garbage collector would free."""
+        self._watch.clear()
+        self._keys.clear()
+
     def _release(self, cdata: int, key: int, _: Any = None) -> None:
         del self._watch[key]
         if self._keys.get(cdata) == key:

@@ -257,6 +257,7 @@ class Simulator:
         )
         if meter.series is not None:
             record.timeline = build_timeline(meter.series, recorder.marks, record.simulation.explain)
+        meter.forget()
         return record
 
     def _fresh_scheduler(self, host_is_device: bool) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+from sdvram.collector import settle
 from sdvram.engine import Progress
 from sdvram.fit import shape
 from sdvram.gpus import GpuSpec
@@ -136,5 +137,6 @@ def _rows(request: RunRequest, aspect: tuple[int, int], runs: list[tuple[GpuSpec
         width, height = shape(side, aspect)
         run = replace(request, image=None, width=width, height=height)
         rows.append(SweepRow.of(gpu, simulator_for(request, gpu).run(run, SimulateOptions(gpu))))
+        settle()  # what the run left for the sweep's next runs lives as long as they do (collector.py)
         tick()
     return rows

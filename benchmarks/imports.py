@@ -1,6 +1,7 @@
 """What each import of a simulation costs, whole process, on this machine: the floor F of any command that runs
 diffusers (`import torch, diffusers, transformers`), then each module a simulation loads, added one at a time, each
-in a fresh interpreter (medians); and F without the interpreter's teardown, which sdvram's commands skip. Lists
+in a fresh interpreter (medians); and F without the interpreter's teardown, which sdvram's commands skip, and with
+the garbage collector paused, as sdvram's commands import them. Lists
 the largest modules `python -X importtime` reports for `sdvram simulate`.
 
 Usage: python benchmarks/imports.py [RUNS]    (default 3)
@@ -20,6 +21,8 @@ STEPS = [
     ("F: torch, diffusers, transformers", "import torch, diffusers, transformers"),
     # what the interpreter's teardown of those modules costs: sdvram skips it once torch is loaded (cli._end_now)
     ("F ended by os._exit, without the teardown", "import torch, diffusers, transformers, os; os._exit(0)"),
+    # and what the garbage collector's passes over the objects the imports make cost: sdvram pauses it (collector.py)
+    ("F with the garbage collector paused", "import gc; gc.disable(); import torch, diffusers, transformers"),
     ("sdvram.pipeline (the model classes, diffusers' packages lazy)", "import sdvram.pipeline"),
     ("sdvram.simulate", "import sdvram.simulate"),
     ("all a simulation loads (simulate, profiler, fit, report)",

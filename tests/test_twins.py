@@ -70,3 +70,15 @@ def test_runs_that_replay_twin_blocks_give_every_figure_of_runs_that_run_every_c
     assert replays[-1].replayed["twin blocks"] == 0
     replayed.simulation.unet_calls_replayed = 0  # the one figure that says what was replayed
     assert figures(replayed) == figures(every_call)
+
+
+def test_under_sequential_offload_the_vae_s_blocks_are_not_replayed_from_twins() -> None:
+    """The known fault of the VAE's weights under sequential offload (docs/simulate.md) moves with what is replayed
+    there, so only the UNet's blocks are."""
+    simulator = Simulator(Architecture.tiny, DType.float16)
+    unet = set(simulator.pipe.unet.modules())
+    plain, sequential = (simulator._twins(RunRequest(height=64, width=64, architecture=Architecture.tiny,
+                                                     settings=Settings(offload=offload)))
+                         for offload in (Offload.none, Offload.sequential))
+    assert plain == simulator.blocks and any(block not in unet for block in plain)
+    assert sequential == [block for block in plain if block in unet] and sequential

@@ -75,18 +75,20 @@ def import_uninterrupted(modules: tuple[str, ...] = HEAVY_MODULES) -> None:
     then recurses until a RecursionError), so an interrupt during the seconds torch takes to import became a
     traceback instead of "interrupted"."""
     check_address_space()
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        with long_lived():
+
+    def load() -> None:
+        with long_lived():  # what the libraries make lives as long as the process (collector.py)
             for module in modules:
                 importlib.import_module(module)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        load()
         return
     asked: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: asked.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with long_lived():  # what the libraries make lives as long as the process (collector.py)
-            for module in modules:
-                importlib.import_module(module)
+        load()
     except (ImportError, OSError, MemoryError) as exc:  # the extras are there (checked first): a failed load is
         if host_out_of_memory(exc):  # the host's
             from sdvram.errors import HostOutOfMemory

@@ -7,13 +7,14 @@ Where ``fork`` is not available (or one worker is asked for), the jobs run one a
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+from sdvram.collector import settle
 
 Job = Callable[[Callable[[], None]], Any]
 
@@ -32,11 +33,11 @@ def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int
     if count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [job(tick) for job in jobs]
     context = multiprocessing.get_context("fork")
-    # Python's gc docs: freeze before fork, so that the children's collections neither walk nor touch (and so copy)
-    # the parent's objects, the built pipeline and the call logs among them (a fit: 15.0 s against 15.5 s here).
-    # They stay frozen after, as what the libraries and the build made is (collector.py): unfreezing would hand
-    # them all back to the next full collection.
-    gc.freeze()
+    # Python's gc docs: freeze before fork (collector.settle), so that the children's collections neither walk nor
+    # touch (and so copy) the parent's objects, the built pipeline and the call logs among them (a fit: 15.0 s
+    # against 15.5 s here). They stay frozen after, as what the libraries and the build made is (collector.py):
+    # unfreezing would hand them all back to the next full collection.
+    settle()
     results: dict[int, Any] = {}
     running: dict[Connection, tuple[int, Any]] = {}
     waiting = list(enumerate(jobs))

@@ -736,7 +736,9 @@ class CallReplay:
         self.memo: dict[Any, tuple[Any, ...]] = {} if memo is None else memo
         self.context, self.libraries = context, libraries
         self.called: set[Any] = set()  # the keys of this run's calls
-        self.signatures: dict[Any, Any] = {}  # the twin blocks' signatures (wrap_twin; the simulator's, to share)
+        # the twin blocks' signatures, each as a number, by block and state, and the numbers by signature (wrap_twin;
+        # the simulator's, to share)
+        self.signatures: dict[Any, Any] = {}
         self.replayed: Counter[str] = Counter()
 
     def _key(self, name: str, args: Any, kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -839,10 +841,13 @@ class CallReplay:
                 # a block's signature is worked out once a process for each context and each dtype its weights are
                 # in (SDXL's VAE is upcast for its decoder); its other attributes change only with the switches
                 # the context names (the attention processors)
+                # (kept as a number: a signature is a tuple of hundreds, hashed anew at every look-up)
                 state = (id(module), self.context, *(p.dtype for p in module.parameters()))
                 held = self.signatures.get(state, False)
                 if held is False:
-                    held = self.signatures[state] = signature(module)
+                    described = signature(module)
+                    held = self.signatures[state] = None if described is None else \
+                        self.signatures.setdefault(("signature", described), len(self.signatures))
                 if arguments is None or held is None:
                     return original(*args, **kwargs)
                 libraries = self.libraries

@@ -318,6 +318,106 @@ def test_a_program_replayed_pool_by_pool_ends_where_its_events_end(capacity: int
     assert calls == (60 if capacity is None else 45)
 
 
+def tile_like_events(rng: random.Random, key: Iterator[int]) -> list[tuple]:
+    """A VAE tile's call as the decoder's looks: large activations, small temporaries, and two outputs left live,
+    a large one (1.5 MiB, as a 512 x 512 fp16 RGB tile) and a small one."""
+    events: list[tuple] = []
+
+    def alloc(size: int) -> int:
+        k = next(key)
+        events.append(("alloc", k, Allocation(size, 0, "", (), "bytes", "tensor")))
+        return k
+
+    live: list[int] = []
+    for _ in range(12):
+        live.append(alloc(rng.choice([2 * MIB, 9 * MIB, 24 * MIB]) + rng.randrange(512)))
+        temporary = alloc(rng.randrange(1, 200_000))
+        events.append(("free", temporary))
+        if len(live) > 2:
+            events.append(("free", live.pop(0)))
+    alloc(3 * 512 * 512 * 2)
+    alloc(rng.randrange(600, 60_000))
+    events += [("free", k) for k in live]
+    return events
+
+
+@pytest.mark.parametrize("seed", [3, 5, 8])
+def test_a_program_replayed_from_a_pool_with_a_block_moved_or_shrunk_ends_where_its_events_end(seed: int) -> None:
+    """Each tile's outputs are kept, carved from the low end of a free block the tile before it found: no tile finds
+    a pool as one before it left it, and ``replay_events`` applies a trajectory remembered from a start where that one
+    block was larger or elsewhere, where its events' choices hold (``_moved``, ``_shrink_bound``). After every call
+    the allocator must be exactly where the same events one by one leave it, with the same peaks. A row of tiles
+    ends with all its outputs freed; the free blocks that leaves differ from row to row."""
+    rng = random.Random(seed)
+    events = tile_like_events(rng, iter(range(1, 10**6)))
+    split, one_by_one = Program(repeated_windows(events)), repeated_windows(events)
+    assert split.plan() is not None
+
+    def prepared(split_pools: bool) -> AllocatorAccountant:
+        accountant = AllocatorAccountant(CachingAllocator(), split=split_pools)
+        sizes = [11 * MIB + 512, 7 * MIB, 40 * MIB, 3 * MIB, 64 * MIB, 300_000, 900_000, 150_000]
+        for i, size in enumerate(sizes):
+            accountant.alloc(("pre", i), size)
+            accountant.alloc(("wall", i), 4096 if size < MIB else 2 * MIB)  # keeps the freed blocks apart
+        for i in range(len(sizes)):
+            accountant.free(("pre", i))
+        return accountant
+
+    fast, slow = prepared(True), prepared(False)
+    keys = iter(range(10**6, 10**8))
+    row: list[int] = []
+    for call in range(80):
+        first = next(keys)
+        fresh = iter(range(first * 10, first * 10 + 10))
+        left, peaks = fast.replay_events(split, fresh, lambda info, exc: None)
+        expected = slow.replay_events(one_by_one, iter(range(first * 10, first * 10 + 10)), lambda info, exc: None)
+        assert (left, peaks) == expected, call
+        state = [([(b.addr, b.size, b.small) for b in a.allocator.free_blocks()], dict(a.allocator.segments),
+                  a.allocator.allocated, a.allocator.reserved, a.allocator.requested) for a in (fast, slow)]
+        assert state[0] == state[1], call
+        for key in left.values():
+            assert (fast._blocks[key].addr, fast._blocks[key].size) == (slow._blocks[key].addr, slow._blocks[key].size)
+        row += left.values()
+        if call % 16 == 15:  # the row's end: its outputs go
+            for accountant in (fast, slow):
+                for key in row:
+                    accountant.free(key)
+            row = []
+    assert split.moved > 20, split.moved
+
+
+def test_a_trajectory_is_not_moved_past_a_block_of_the_same_size() -> None:
+    """Among free blocks of one size the lowest address is chosen. A trajectory remembered where block A (4 MiB) was
+    below block C (4 MiB) and took A does not hold where A has gone and a block of A's size has come above C: the
+    request takes C. Each 12 MiB request gets a segment of its own, placed where the test says."""
+    def accountant() -> AllocatorAccountant:
+        places = iter([0x1000_0000, 0x2000_0000, 0x3000_0000])
+        made = AllocatorAccountant(CachingAllocator(segment_address=lambda size: next(places)))
+        for name in ("s1", "s2", "s3"):
+            made.alloc(name, 12 * MIB)
+        for name in ("s1", "s2"):  # each segment: 8 MiB kept at its low end, 4 MiB free above
+            made.free(name)
+            made.alloc(name + " low", 8 * MIB)
+        return made
+
+    events = [("alloc", 1, Allocation(4 * MIB, 0, "", (), "bytes", "tensor"))]
+    program = Program([("events", events)])
+    fast, slow = accountant(), accountant()
+    a, c, a_moved = 0x1000_0000 + 8 * MIB, 0x2000_0000 + 8 * MIB, 0x3000_0000 + 8 * MIB
+    left, _ = fast.replay_events(program, iter([10]), lambda info, exc: None)
+    assert fast._blocks[10].addr == a
+    fast.free(10)  # the call's output goes: both are as they were
+    for made in (fast, slow):
+        made.alloc("took a", 4 * MIB)  # A is gone
+        made.free("s3")
+        made.alloc("s3 low", 8 * MIB)  # a free block of A's size above C
+    assert {(b.addr, b.size) for b in fast.allocator.free_blocks() if not b.small} == {(c, 4 * MIB), (a_moved, 4 * MIB)}
+    fast.replay_events(program, iter([11]), lambda info, exc: None)
+    slow.replay_events([("events", events)], iter([11]), lambda info, exc: None)
+    assert fast._blocks[11].addr == slow._blocks[11].addr == c
+    assert program.moved == 0
+
+
 def test_a_split_replay_refuses_to_release_segments_it_cannot_order() -> None:
     """A replay split by pool runs one pool alone: where a cudaMalloc of it does not fit, the real allocator would
     release cached segments of both pools in the middle of the other's events. The model raises instead."""

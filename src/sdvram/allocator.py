@@ -30,7 +30,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import add
 from typing import Any
@@ -265,13 +265,14 @@ class Program(list):  # type: ignore[type-arg]
     pool, where the program's blocks went from each recent start state of that pool (``Trajectory``). A plain
     list is replayed event by event."""
 
-    __slots__ = ("_plan", "pools", "applied", "charged_windows")
+    __slots__ = ("_plan", "pools", "applied", "moved", "charged_windows")
 
     def __init__(self, items: Sequence[tuple[Any, ...]] = ()) -> None:
         super().__init__(items)
         self._plan: _Plan | None | bool = False  # False: not worked out yet; None: the program cannot be split
         self.pools: dict[bool, dict[tuple[int, ...], Trajectory]] = {True: {}, False: {}}
         self.applied = 0  # trajectories applied instead of their events (for tests and benchmarks)
+        self.moved = 0  # of those, applied to a start with one free block moved or shrunk (``_moved``)
         self.charged_windows = 0  # small-pool windows charged instead of run
 
     def plan(self) -> _Plan | None:
@@ -296,6 +297,7 @@ class _Plan:
     indices: dict[bool, list[int]]  # per pool: its events' places in ``events``
     small_runs: list[tuple[Any, ...]]  # the small pool's events as ``_small_runs`` groups them
     left: list[Any]  # the keys of what the events leave allocated, in the order made
+    least: dict[bool, int]  # per pool: its smallest request, rounded (beyond any block where it has none)
 
     @classmethod
     def of(cls, program: Sequence[tuple[Any, ...]]) -> _Plan | None:
@@ -318,7 +320,9 @@ class _Plan:
         indices = {which: [i for i, flag in enumerate(small) if flag is which] for which in (True, False)}
         freed = {event[1] for event in events if event[0] == "free"}
         left = [event[1] for event in events if event[0] == "alloc" and event[1] not in freed]
-        return cls(events, requested, indices, _small_runs(events, indices[True]), left)
+        least = {which: min((round_size(events[i][2].size) for i in indices[which] if events[i][0] == "alloc"),
+                            default=1 << ADDRESS_BITS) for which in (True, False)}
+        return cls(events, requested, indices, _small_runs(events, indices[True]), left, least)
 
 
 def window_bounds(events: Sequence[tuple[Any, ...]]) -> tuple[dict[Any, int], dict[int, int]]:
@@ -397,6 +401,7 @@ class Trajectory:
     deltas: array  # type: ignore[type-arg]
     allocated: int
     requested: int
+    shrinkable: dict[int, int] = field(default_factory=dict)  # start block's address -> ``_shrink_bound``
 
 
 class AllocatorAccountant:
@@ -501,13 +506,24 @@ class AllocatorAccountant:
         allocator = self.allocator
         pools = allocator._free
         starts = {True: tuple(pools[True]), False: tuple(pools[False])}
-        found = {which: program.pools[which].get(starts[which]) for which in (True, False)}
+        # what a pool's events can see of it: its free blocks that hold their smallest request (the pool is sorted by
+        # size); a smaller one is never chosen, and never merged with (a free block's neighbours are allocated)
+        keys = {which: starts[which][bisect_left(starts[which], plan.least[which] << ADDRESS_BITS):]
+                for which in (True, False)}
+        found = {which: program.pools[which].get(keys[which]) for which in (True, False)}
+        moves: dict[bool, tuple[int, int, int]] = {}
+        for which in (True, False):
+            if found[which] is None and program.pools[which]:
+                hit = self._moved(program, plan, which, keys[which])
+                if hit is not None:
+                    found[which], moves[which] = hit
         segments, releases = allocator._segment_count, allocator.cuda_frees
         charged = {True: [0] * len(plan.events), False: [0] * len(plan.events)}  # each pool's, by event
         if found[True] is None and found[False] is None:
             self._run_indexed(plan.events, range(len(plan.events)), blocks, charged, refused)
             for which in (True, False):
-                self._remember(program, which, starts[which], blocks, charged[which], segments, releases)
+                self._remember(program, which, starts[which], keys[which], blocks, charged[which], segments,
+                               releases)
             return None
         start_allocated, start_requested = allocator.allocated, allocator.requested
         live = [which for which in (True, False) if found[which] is None]
@@ -521,11 +537,13 @@ class AllocatorAccountant:
                     self._run_indexed(plan.events, plan.indices[which], blocks, charged, refused)
             finally:
                 allocator.guarded = False
-            deltas.append(self._remember(program, which, starts[which], blocks, charged[which], segments, releases))
+            deltas.append(self._remember(program, which, starts[which], keys[which], blocks, charged[which],
+                                         segments, releases))
         for which, trajectory in found.items():
             if trajectory is not None:
-                self._apply(trajectory, which, blocks)
+                self._apply(trajectory, which, blocks, moves.get(which))
                 program.applied += 1
+                program.moved += which in moves
                 deltas.append(trajectory.deltas)
         most = max(map(add, *deltas), default=0)  # one trajectory or run for each pool
         return (start_allocated + max(0, most), allocator.peak_reserved, start_requested + plan.requested_peak)
@@ -568,10 +586,12 @@ class AllocatorAccountant:
                 self._run_indexed(events, run[1] if run[0] == "window" else (run[1],), blocks, charged, refused)
         return skipped
 
-    def _remember(self, program: Program, small: bool, start: tuple[int, ...], blocks: dict[int, Block],
-                  charged: list[int], segments: int, releases: int) -> array:  # type: ignore[type-arg]
+    def _remember(self, program: Program, small: bool, start: tuple[int, ...], key: tuple[int, ...],
+                  blocks: dict[int, Block], charged: list[int], segments: int,
+                  releases: int) -> array:  # type: ignore[type-arg]
         """The pool's allocated bytes made by the program after each event (``charged`` summed); and its
-        trajectory from ``start`` kept, if its events cudaMalloc'd nothing and nothing was released."""
+        trajectory from ``start`` kept under ``key`` (the start's blocks the events could choose), if its events
+        cudaMalloc'd nothing and nothing was released."""
         allocator = self.allocator
         deltas = array("q", accumulate(charged))
         if allocator.cuda_frees != releases or any(
@@ -600,15 +620,60 @@ class AllocatorAccountant:
         if at != len(pieces):
             return deltas
         left = [p for _, _, inside in changes for p in inside if p[2] is not None]
-        program.remember(small, start, Trajectory(changes, deltas, sum(p[1] for p in left),
+        program.remember(small, key, Trajectory(changes, deltas, sum(p[1] for p in left),
                                                   sum(p[3] for p in left)))
         return deltas
 
-    def _apply(self, trajectory: Trajectory, small: bool, blocks: dict[int, Block]) -> None:
-        """Carve the pool's free blocks as ``trajectory`` says (the pool is as it was at its start)."""
+    def _moved(self, program: Program, plan: _Plan, small: bool,
+               start: tuple[int, ...]) -> tuple[Trajectory, tuple[int, int, int]] | None:
+        """A trajectory of the pool remembered from a start that differs from ``start`` in one free block only, which
+        has moved or shrunk: as a VAE's tiles are decoded, each tile's output is kept at the low end of the free
+        block the tile before it was carved from, so no tile finds its pool as another left it (H200, 15,776 px:
+        1,664 of 3,528 tile calls found their large pool so). The trajectory holds from there too, each of its
+        pieces in that block moved with it, when every choice its events made is made again:
+
+        - ``get_free_block`` picks the smallest free block that holds a request, the lowest address among equal
+          sizes. Block sizes other than the changed one's are as they were; so is every address order, where no
+          other free block lies between the block's old and new address (each piece stays inside its own start
+          block). So a moved block of the same size changes no choice.
+        - A shrunk block changes only its last piece (the free remainder at its top: a request takes a block's
+          low end, and a free merges only with free neighbours), by as much as it shrank; ``_shrink_bound`` runs
+          the pool's events from the remembered start and finds how much that piece may lose before a choice or a
+          split (``should_split``) would change.
+
+        Returns the trajectory and (old address, new address, bytes shrunk); None when none holds."""
+        now: set[int] | None = None
+        for old, trajectory in program.pools[small].items():
+            if len(old) != len(start):
+                continue
+            now = now if now is not None else set(start)
+            came = now.difference(old)
+            if len(came) != 1:
+                continue
+            (new,), (gone,) = came, set(old).difference(start)
+            addr, size, new_addr, new_size = (gone & ADDRESS_MASK, gone >> ADDRESS_BITS, new & ADDRESS_MASK,
+                                              new >> ADDRESS_BITS)
+            low, high = min(addr, new_addr), max(addr, new_addr)
+            if new_size > size or any(low < k & ADDRESS_MASK < high for k in now):
+                continue
+            if new_size < size:
+                bound = trajectory.shrinkable.get(addr)
+                if bound is None:
+                    bound = trajectory.shrinkable[addr] = _shrink_bound(plan, small, old, addr)
+                if size - new_size > bound:
+                    continue
+            return trajectory, (addr, new_addr, size - new_size)
+        return None
+
+    def _apply(self, trajectory: Trajectory, small: bool, blocks: dict[int, Block],
+               move: tuple[int, int, int] | None = None) -> None:
+        """Carve the pool's free blocks as ``trajectory`` says: the pool is as it was at its start, or where ``move``
+        is given (``_moved``: old address, new address, bytes shrunk), so but for that one block."""
         allocator = self.allocator
         pool, free_blocks = allocator._free[small], allocator._free_blocks
         for addr, size, inside in trajectory.changes:
+            if move is not None and addr == move[0]:
+                addr, size, inside = _moved_pieces(addr, size, inside, *move[1:])
             carved = free_blocks.pop(addr)
             del pool[bisect_left(pool, size << ADDRESS_BITS | addr)]
             prev, after, segment = carved.prev, carved.next, carved.segment
@@ -635,3 +700,61 @@ class AllocatorAccountant:
     def lift_capacity(self) -> None:
         """Let the run go on past an out-of-memory, to show what it would need."""
         self.allocator.capacity = None
+
+
+def _moved_pieces(addr: int, size: int, inside: list[tuple[int, int, Any, int]], new_addr: int,
+                  shrunk: int) -> tuple[int, int, list[tuple[int, int, Any, int]]]:
+    """A carved block's pieces (``Trajectory.changes``) for the block at ``new_addr``, ``shrunk`` bytes smaller:
+    each moved with it, the last (free, ``_shrink_bound``) as much smaller."""
+    shift = new_addr - addr
+    pieces = [(piece_addr + shift, piece_size, key, requested) for piece_addr, piece_size, key, requested in inside]
+    if shrunk:
+        piece_addr, piece_size, key, requested = pieces[-1]
+        pieces[-1] = (piece_addr, piece_size - shrunk, key, requested)
+    return new_addr, size - shrunk, pieces
+
+
+def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int) -> int:
+    """How many bytes the free block at ``addr`` of the pool's ``start`` may lose at its low end (or anywhere, its
+    pieces moved with it: ``AllocatorAccountant._moved``) with every choice of the pool's events from ``start``
+    made again: the pool's events run on a model of that pool alone, each start block a segment of its own (a
+    free block's neighbours are allocated, and a program frees only what it made), following the block's last
+    piece, ``tail``. At each request of ``rounded`` bytes:
+
+    - where the tail is chosen, the remainder left beside the request must still be split off: it may lose what it
+      has beyond ``should_split``'s least; if it is not split off, nothing (the request's block would be smaller);
+    - where another block of ``size`` bytes is chosen and the tail could hold the request, the tail must stay
+      larger than that block (a tie is lost on address; a smaller tail would be chosen instead).
+
+    0 when the events ever take the whole tail, cudaMalloc, or leave the tail allocated."""
+    allocator = CachingAllocator(capacity=0)
+    allocator.guarded = True  # a cudaMalloc raises: a remembered trajectory made none
+    allocator._free[small] = pool = list(start)
+    for segment, key in enumerate(start):
+        block = Block(key & ADDRESS_MASK, key >> ADDRESS_BITS, small, segment)
+        allocator._free_blocks[block.addr] = block
+    tail = allocator._free_blocks[addr]
+    end, bound = addr + tail.size, tail.size - K_MIN_BLOCK_SIZE
+    least = K_MIN_BLOCK_SIZE if small else K_SMALL_SIZE + 1  # the smallest remainder should_split keeps apart
+    blocks: dict[Any, Block] = {}
+    for i in plan.indices[small]:
+        event = plan.events[i]
+        if event[0] != "alloc":
+            block = blocks.pop(event[1])
+            allocator.free(block)
+            if block.addr + block.size == end:
+                tail = block
+            continue
+        rounded = round_size(event[2].size)
+        at = bisect_left(pool, rounded << ADDRESS_BITS)
+        if at == len(pool) or tail.allocated:
+            return 0
+        chosen = pool[at]
+        if chosen & ADDRESS_MASK == tail.addr:
+            bound = min(bound, tail.size - rounded - least)
+        elif tail.size >= rounded:
+            bound = min(bound, tail.size - (chosen >> ADDRESS_BITS) - 1)
+        if bound < 0:
+            return 0
+        blocks[event[1]] = allocator.malloc(event[2].size)
+    return 0 if tail.allocated else bound

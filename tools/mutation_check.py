@@ -71,8 +71,12 @@ MUTATIONS = (
     Mutation("replay split: small windows charged whether or not they fit", ALLOC,
              'if run[0] == "window" and pool and pool[-1] >> ADDRESS_BITS >= run[2]:', 'if run[0] == "window":'),
     Mutation("replay split: a pool's trajectory applied from any start", ALLOC,
-             "found = {which: program.pools[which].get(starts[which]) for which in (True, False)}",
+             "found = {which: program.pools[which].get(keys[which]) for which in (True, False)}",
              "found = {which: next(iter(program.pools[which].values()), None) for which in (True, False)}"),
+    Mutation("replay split: a trajectory applied to a shrunk block without its bound", ALLOC,
+             "if size - new_size > bound:", "if False:"),
+    Mutation("replay split: a trajectory moved past a free block of the same size", ALLOC,
+             "if new_size > size or any(low < k & ADDRESS_MASK < high for k in now):", "if new_size > size:"),
     # cuBLAS and cuBLASLt workspaces
     Mutation("sm90 cuBLAS workspace halved", WORK, "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 8",
              "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 4"),

@@ -28,7 +28,7 @@ which ``reset_peaks`` resets as ``torch.cuda.reset_peak_memory_stats()`` does.
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -260,6 +260,10 @@ POOL_MEMO = 4  # start states remembered per program and pool: a UNet call mostl
 # call before it left it (40 of the 44 calls of a run at 1904 x 1904 px on 12 GB); a few more cover the VAE's tiles
 
 
+BESIDE_MEMO = 2 * POOL_MEMO  # sums kept per trajectory (``Trajectory.beside``): the large pool's remembered starts,
+# and as many again while they are replaced
+
+
 class Program(list):  # type: ignore[type-arg]
     """A replay program (``AllocatorAccountant.replay_events``) that keeps what its replays learned: for each
     pool, where the program's blocks went from each recent start state of that pool (``Trajectory``). A plain
@@ -402,6 +406,13 @@ class Trajectory:
     allocated: int
     requested: int
     shrinkable: dict[int, int] = field(default_factory=dict)  # start block's address -> ``_shrink_bound``
+    # for ``_moved``, worked out at its first look: the start's blocks as a set, and their addresses in order
+    members: frozenset[int] | None = None
+    addresses: list[int] | None = None
+    # the most bytes this (small pool's) trajectory and a large pool's made at once, by the large one's id (and the
+    # trajectory itself, so that an id reused after it was forgotten is not taken for it): a VAE tile's call applies
+    # the same two trajectories again and again, and their sum event by event is the same each time
+    beside: dict[int, tuple[Trajectory, int]] = field(default_factory=dict)
 
 
 class AllocatorAccountant:
@@ -545,7 +556,10 @@ class AllocatorAccountant:
                 program.applied += 1
                 program.moved += which in moves
                 deltas.append(trajectory.deltas)
-        most = max(map(add, *deltas), default=0)  # one trajectory or run for each pool
+        if live:
+            most = max(map(add, *deltas), default=0)  # one trajectory or run for each pool
+        else:
+            most = _most_beside(found[True], found[False])  # type: ignore[arg-type]
         return (start_allocated + max(0, most), allocator.peak_reserved, start_requested + plan.requested_peak)
 
     def _run_indexed(self, events: list[tuple[Any, ...]], indices: Sequence[int], blocks: dict[int, Block],
@@ -647,14 +661,22 @@ class AllocatorAccountant:
             if len(old) != len(start):
                 continue
             now = now if now is not None else set(start)
-            came = now.difference(old)
+            if trajectory.members is None:
+                trajectory.members = frozenset(old)
+                trajectory.addresses = sorted(k & ADDRESS_MASK for k in old)
+            came = now.difference(trajectory.members)
             if len(came) != 1:
                 continue
-            (new,), (gone,) = came, set(old).difference(start)
+            (new,), (gone,) = came, trajectory.members.difference(now)
             addr, size, new_addr, new_size = (gone & ADDRESS_MASK, gone >> ADDRESS_BITS, new & ADDRESS_MASK,
                                               new >> ADDRESS_BITS)
-            low, high = min(addr, new_addr), max(addr, new_addr)
-            if new_size > size or any(low < k & ADDRESS_MASK < high for k in now):
+            if new_size > size:
+                continue
+            # no other free block between the two addresses: the others are the remembered start's, whose addresses
+            # are kept in order (the gone block's own is an end of the open interval, so not counted)
+            low, high, addresses = min(addr, new_addr), max(addr, new_addr), trajectory.addresses
+            assert addresses is not None
+            if bisect_left(addresses, high) != bisect_right(addresses, low):
                 continue
             if new_size < size:
                 bound = trajectory.shrinkable.get(addr)
@@ -700,6 +722,19 @@ class AllocatorAccountant:
     def lift_capacity(self) -> None:
         """Let the run go on past an out-of-memory, to show what it would need."""
         self.allocator.capacity = None
+
+
+def _most_beside(small: Trajectory, large: Trajectory) -> int:
+    """The most bytes the two pools' trajectories made at once, event by event (``Trajectory.beside``). A moved
+    trajectory's bytes are its own: its pieces are moved, and only a free one shrunk (``_moved_pieces``)."""
+    known = small.beside.get(id(large))
+    if known is not None and known[0] is large:
+        return known[1]
+    most = max(map(add, small.deltas, large.deltas), default=0)
+    if len(small.beside) >= BESIDE_MEMO:
+        small.beside.clear()
+    small.beside[id(large)] = (large, most)
+    return most
 
 
 def _moved_pieces(addr: int, size: int, inside: list[tuple[int, int, Any, int]], new_addr: int,

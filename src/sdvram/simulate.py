@@ -753,10 +753,15 @@ class CallReplay:
         if arguments is None:
             return None, None
         key = (name, self.context, self.libraries.blas_ready if self.libraries is not None else None, arguments)
-        if key in self.memo and key in self.called:
-            self.replayed[name] += 1
-        self.called.add(key)
-        return key, self.memo.get(key)
+        entry = self.memo.get(key)  # each look-up hashes the nested key again: two, not four
+        if entry is not None:
+            called = len(self.called)
+            self.called.add(key)
+            if len(self.called) == called:
+                self.replayed[name] += 1
+        else:
+            self.called.add(key)
+        return key, entry
 
     def wrap(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def wrapper(original: Callable[..., Any]) -> Callable[..., Any]:

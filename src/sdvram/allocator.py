@@ -363,7 +363,8 @@ def window_end(events: Sequence[tuple[Any, ...]], index: dict[Any, int], freed: 
 
 
 def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple[Any, ...]]:
-    """The small pool's events (at ``indices``) as ``("event", index)`` and ``("window", indices, total, charged)``:
+    """The small pool's events (at ``indices``) as ``("events", indices)`` (a run of them outside any window, replayed
+    in one call) and ``("window", indices, total, charged)``:
     a window is a run of them that frees all it makes (net zero, as short as it can be), ``total`` the bytes its
     allocations take, ``charged`` each event's bytes (less for a free).
 
@@ -381,7 +382,10 @@ def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple
     while n < len(indices):
         end = window_end(own, index, freed, n)
         if end is None:
-            runs.append(("event", indices[n]))
+            if runs and runs[-1][0] == "events":
+                runs[-1][1].append(indices[n])
+            else:
+                runs.append(("events", [indices[n]]))
             n += 1
             continue
         window = indices[n:end + 1]
@@ -603,7 +607,7 @@ class AllocatorAccountant:
                     into[i] = bytes_
                 skipped += 1
             else:
-                self._run_indexed(events, run[1] if run[0] == "window" else (run[1],), blocks, charged, refused)
+                self._run_indexed(events, run[1], blocks, charged, refused)
         return skipped
 
     def _remember(self, program: Program, small: bool, start: tuple[int, ...], key: tuple[int, ...],

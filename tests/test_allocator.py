@@ -10,6 +10,7 @@ import gzip
 import json
 import pickle
 import random
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from sdvram.allocator import (
     CachingAllocator,
     Program,
     ReplayConflict,
+    Trajectory,
+    _most_beside,
+    _Plan,
     get_allocation_size,
     round_size,
     should_split,
@@ -440,3 +444,25 @@ def test_a_program_of_no_events_replays_to_nothing_however_often() -> None:
         assert accountant.replay_events(empty, iter(range(10)), lambda info, exc: None) == ({}, (3 * MIB, 20 * MIB,
                                                                                                 3 * MIB))
     assert empty.applied == 4  # the second and third replays, each both pools
+
+
+def test_the_peak_of_a_program_is_looked_for_after_an_allocation_that_a_free_or_the_end_follows() -> None:
+    """``_Plan.rises``: each event moves one pool's bytes, up at an allocation and down at a free, so the two pools'
+    sum is at its most after an allocation that no allocation follows. Worked by hand: a, b, free a, c, free b, d."""
+    def alloc(key: int) -> tuple:
+        return ("alloc", key, Allocation(4096 * key, 0, "", (), "bytes", "tensor"))
+
+    events = [alloc(1), alloc(2), ("free", 1), alloc(3), ("free", 2), alloc(4)]
+    plan = _Plan.of([("events", events)])
+    assert plan is not None and plan.rises == [1, 3, 5]
+
+
+def test_two_trajectories_peak_is_not_taken_from_another_that_had_the_same_id() -> None:
+    """``_most_beside`` keeps the peak of two trajectories by the other's id: an id is reused once its trajectory is
+    forgotten, so the kept entry must be that very trajectory's. The sums worked by hand: 1 + 10, 5 + 1."""
+    small = Trajectory([], array("q", [1, 5]), 0, 0)
+    large = Trajectory([], array("q", [10, 1]), 0, 0)
+    forgotten = Trajectory([], array("q", [0, 0]), 0, 0)
+    small.beside[id(large)] = (forgotten, 999)  # as a forgotten trajectory whose id this one reuses left it
+    assert _most_beside(small, large) == 11
+    assert small.beside[id(large)] == (large, 11)

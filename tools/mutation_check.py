@@ -76,7 +76,12 @@ MUTATIONS = (
     Mutation("replay split: a trajectory applied to a shrunk block without its bound", ALLOC,
              "if size - new_size > bound:", "if False:"),
     Mutation("replay split: a trajectory moved past a free block of the same size", ALLOC,
-             "if new_size > size or any(low < k & ADDRESS_MASK < high for k in now):", "if new_size > size:"),
+             "if bisect_left(addresses, high) != bisect_right(addresses, low):", "if False:"),
+    Mutation("replay split: the peak looked for after allocations that an allocation follows", ALLOC,
+             'if event[0] == "alloc" and (i + 1 == len(events) or events[i + 1][0] != "alloc")]',
+             'if event[0] == "alloc" and (i + 1 == len(events) or events[i + 1][0] == "alloc")]'),
+    Mutation("replay split: two trajectories' peak kept by the other's id alone", ALLOC,
+             "if known is not None and known[0] is large:", "if known is not None:"),
     # cuBLAS and cuBLASLt workspaces
     Mutation("sm90 cuBLAS workspace halved", WORK, "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 8",
              "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 4"),

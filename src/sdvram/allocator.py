@@ -487,8 +487,9 @@ class AllocatorAccountant:
                 self._replay_program(program, blocks, refused)
         finally:
             peaks = split_peaks or (allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested)
-            allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested = (
-                max(a, b) for a, b in zip(saved, peaks, strict=True))
+            allocator.peak_allocated = max(saved[0], peaks[0])  # written out: a generator costs more, every call
+            allocator.peak_reserved = max(saved[1], peaks[1])
+            allocator.peak_requested = max(saved[2], peaks[2])
         left = {}
         for log_key, block in blocks.items():
             key = left[log_key] = next(keys)

@@ -573,7 +573,8 @@ class LiveTensorMeter(TorchDispatchMode):
         fresh = {}
         for old, info in log.left.items():
             key = fresh[old] = keys[old]
-            self._live[key] = info._replace(charged=self.accountant.charged(key))
+            self._live[key] = Allocation(info.size, self.accountant.charged(key), info.owner, info.shape, info.dtype,
+                                         info.kind)  # not _replace: 5x slower, once per output of every replayed call
         return fresh
 
     def _refused(self, info: Allocation, exc: AllocatorOutOfMemory) -> None:

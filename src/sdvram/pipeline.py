@@ -26,9 +26,14 @@ import transformers
 transformers.utils.logging.set_verbosity_error()
 # diffusers' model packages import every model they hold when one of them is imported (the autoencoders' package
 # brings in all its VAEs, the transformers' dozens of transformers): 1.5 s of the 5 s a simulation took to start.
-# Each is registered as a package whose own __init__ runs only if an attribute of the package itself is asked
-# for; the modules sdvram builds from are imported as they are, one by one.
-LAZY_PACKAGES = ("diffusers.models.autoencoders", "diffusers.models.transformers", "diffusers.models.unets")
+# transformers' models package works out the names of its 400-odd models by reading their folders on disk when it is
+# imported (``define_import_structure``), which CLIP's modules, the only ones sdvram needs, bring about: 0.25 to 0.3 s
+# (``benchmarks/imports.py``). Each is registered as a package whose own __init__ runs only if an attribute of the
+# package itself is asked for; the modules sdvram builds from are imported as they are, one by one. This module is
+# the one that imports diffusers and transformers, so that these settings come first (``simulate`` takes the
+# diffusers classes it needs from here).
+LAZY_PACKAGES = ("diffusers.models.autoencoders", "diffusers.models.transformers", "diffusers.models.unets",
+                 "transformers.models")
 
 
 def _lazy_package(name: str) -> None:
@@ -44,7 +49,8 @@ def _lazy_package(name: str) -> None:
                 raise AttributeError(attribute)
             self.__dict__["_initialised"] = True
             spec.loader.exec_module(self)  # type: ignore[union-attr]  # the package's __init__, at last
-            return getattr(self, attribute)
+            # (transformers' puts a lazy module of its own in its place, which knows the package's names)
+            return getattr(sys.modules.get(name, self), attribute)
 
     package = LazyPackage(name)
     package.__spec__, package.__file__, package.__package__ = spec, spec.origin, name
@@ -58,10 +64,14 @@ for _name in LAZY_PACKAGES:
 
 # ruff: noqa: E402 (the imports below come after that setting)
 # Each class from its own module: resolving them through diffusers' top-level lazy loader costs ~0.8 s more.
+from diffusers.models.attention import BasicTransformerBlock as BasicTransformerBlock  # (these "as" for simulate)
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.models.modeling_utils import no_init_weights
+from diffusers.models.resnet import ResnetBlock2D as ResnetBlock2D
+from diffusers.models.transformers.transformer_2d import Transformer2DModel as Transformer2DModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance as cosine_distance
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPConfig, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 

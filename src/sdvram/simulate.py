@@ -36,10 +36,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.pipelines.stable_diffusion.safety_checker import cosine_distance
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
@@ -91,7 +87,16 @@ from sdvram.meters import (
     strided_nbytes,
     template_of,
 )
-from sdvram.pipeline import apply_switches, build_order, build_pipeline, reset_switches
+from sdvram.pipeline import (  # diffusers' classes through sdvram.pipeline, which imports diffusers as it should
+    BasicTransformerBlock,
+    ResnetBlock2D,
+    Transformer2DModel,
+    apply_switches,
+    build_order,
+    build_pipeline,
+    cosine_distance,
+    reset_switches,
+)
 from sdvram.pipelines import DEFAULT, IMAGE_AND_MASK, Family, find_family
 from sdvram.record import Fit, Record, Simulation
 from sdvram.requests import RunRequest, Settings, SimulateOptions

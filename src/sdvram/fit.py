@@ -144,8 +144,26 @@ def _try(simulator: Simulator, request: RunRequest, gpu: GpuSpec, switches: tupl
                   record.peak_reserved if fits else None, width, height)
 
 
+def untiled(simulator: Simulator, request: RunRequest, switches: tuple[str, ...], width: int,
+            height: int) -> tuple[str, ...]:
+    """``switches`` less VAE tiling where the image is no larger than one tile, so that tiling changes nothing:
+    diffusers' ``AutoencoderKL`` (``enable_tiling`` sets ``use_tiling``, and nothing else) tiles an image only where
+    a side is larger than ``tile_sample_min_size`` (``_encode``), and latents only where a side is larger than
+    ``tile_latent_min_size`` (``_decode``); below both the run takes the same path with tiling on as off, and is the
+    same simulation (``tests/test_fit.py`` runs both). Not where the simulator's runs are known to depend on what
+    ran before them (``Simulator.depends_on_history``): there the two runs may differ."""
+    vae = simulator.pipe.vae
+    latent = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's downsampling: pixels per latent
+    if "vae_tiling" in switches and max(width, height) <= vae.tile_sample_min_size \
+            and max(width, height) // latent <= vae.tile_latent_min_size \
+            and not simulator.depends_on_history(with_switches(request.settings, switches)):
+        return tuple(s for s in switches if s != "vae_tiling")
+    return switches
+
+
 def largest(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect: tuple[int, int],
-            switches: tuple[str, ...], tick: Callable[[], None], hint: int | None = None) -> Option:
+            switches: tuple[str, ...], tick: Callable[[], None], hint: int | None = None,
+            tried: dict[tuple[Any, ...], Option] | None = None) -> Option:
     """A size that fits whose next size up (8 pixels more on the long side) does not: the largest, where fitting
     is monotonic in size (near the boundary it may not be: the allocator's fragmentation can let a slightly
     larger image fit). Long sides are multiples of 8 up to 16384.
@@ -153,11 +171,22 @@ def largest(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect: tup
     The search is a safeguarded secant on the peak against the pixels (the activations grow about linearly in
     pixels): from the smallest size and a first guess (``hint``, a long side in units of 8 pixels, else a
     1024-pixel side), each step narrows the bracket between the largest size that fitted and the smallest that
-    did not, and aims inside it (``_next_guess``)."""
+    did not, and aims inside it (``_next_guess``).
+
+    ``tried``: the options its chain's searches found, by the switches that shape their runs and the size
+    (``untiled``): a run found there is not run again (each tiled combination's first, at 8 x 8, is the same run
+    as its untiled combination's)."""
     def at(units: int) -> Option:
-        tick()
         width, height = size_for(units, aspect)
-        option = seen[units] = _try(simulator, request, gpu, switches, width, height)
+        if tried is None:
+            tick()
+            option = seen[units] = _try(simulator, request, gpu, switches, width, height)
+            return option
+        key = (untiled(simulator, request, switches, width, height), width, height)
+        if key not in tried:
+            tick()
+            tried[key] = _try(simulator, request, gpu, switches, width, height)
+        option = seen[units] = replace(tried[key], switches=switches)
         return option
 
     seen: dict[int, Option] = {}
@@ -224,10 +253,11 @@ def search_chain(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect
     """``largest`` for each combination of ``chain`` in turn. A combination holds at least about what each
     combination it contains holds (less is on the card at once), so their best size is its first guess."""
     options: list[Option] = []
+    tried: dict[tuple[Any, ...], Option] = {}
     for switches in chain:
         hints = [max(o.width or 0, o.height or 0) // UNIT for o in options
                  if o.fits and set(o.switches) <= set(switches)]
-        options.append(largest(simulator, request, gpu, aspect, switches, tick, max(hints, default=None)))
+        options.append(largest(simulator, request, gpu, aspect, switches, tick, max(hints, default=None), tried))
     return options
 
 

@@ -64,6 +64,9 @@ class Family:
     # num_images_per_prompt > 1 in this pipeline, so a batch passes the image that many times (and encodes each)
     image_per_output: bool = False
     seed_formula: bool = False  # the seed formula is this family's (SD v1.5 img2img) specification
+    # the pipeline casts a float16 VAE whose config has force_upcast to float32 around its encode and decode (SDXL's;
+    # SD v1.5's and 2.1's pipelines never read force_upcast)
+    upcasts_vae: bool = False
     checked: str = "not measured on a GPU yet"  # what real hardware has confirmed of it (docs, --verbose)
 
     @property

@@ -27,7 +27,7 @@ TXT2IMG = Family(
     pipeline_class="StableDiffusionXLPipeline", components=COMPONENTS, scheduler="sdxl/scheduler", inputs=TEXT,
     stages=("load", "text_encoder", "unet", "vae_decode"), hooks=(PROMPT, *DECODE),
     defaults=Defaults(steps=50, guidance=5.0, size=1024), pretrained="stabilityai/stable-diffusion-xl-base-1.0",
-    tokenizers=("tokenizer", "tokenizer_2"), vaes=VAES, checked=CHECKED,
+    tokenizers=("tokenizer", "tokenizer_2"), vaes=VAES, upcasts_vae=True, checked=CHECKED,
 )
 
 IMG2IMG = Family(
@@ -37,7 +37,7 @@ IMG2IMG = Family(
     hooks=(PROMPT, StageHook("pipe", "prepare_latents", "vae_encode"), *DECODE),
     defaults=Defaults(steps=50, strength=0.3, guidance=5.0, size=1024),
     pretrained="stabilityai/stable-diffusion-xl-base-1.0", tokenizers=("tokenizer", "tokenizer_2"), vaes=VAES,
-    checked=CHECKED,
+    upcasts_vae=True, checked=CHECKED,
 )
 
 FAMILIES = (TXT2IMG, IMG2IMG)

@@ -267,22 +267,6 @@ def test_jobs_side_by_side_return_in_order_with_every_tick(workers: int) -> None
     assert len(ticks) == 8
 
 
-def _niceness(tick):
-    import os
-
-    return os.nice(0)
-
-
-def test_a_yielding_job_runs_one_step_lower_in_priority() -> None:
-    """A job marked yielding runs at a niceness one higher than its parent's, the others at the parent's."""
-    import os
-
-    here = os.nice(0)
-    lower = min(here + 1, 19)  # 19: the lowest priority there is
-    assert run_side_by_side([_niceness, _niceness, _niceness], lambda: None, 3, [True, False, True]) == \
-        [lower, here, lower]
-
-
 def test_a_job_that_fails_in_a_worker_is_reported_with_its_traceback() -> None:
     with pytest.raises(WorkerFailed, match="a job that fails"):
         run_side_by_side([_square(2), _broken], lambda: None, workers=2)

@@ -277,14 +277,7 @@ def fit(request: RunRequest, gpu: GpuSpec, aspect: tuple[int, int], progress: Pr
             progress(done[0], done[0])
 
     jobs = [partial(search_chain, simulator, request, gpu, aspect, chain) for chain in groups]
-    # The sequential-offload chain is the longest where the weights take a good share of the card: its runs are the
-    # slowest (every layer's weights move at every call; 1.2 to 1.3 times a run without offload here), and with the
-    # least resident its tiled search goes furthest (4432 px on an RTX 3060, against 4016 and 4032). So the other
-    # chains' workers yield to it while the three share the cores, and the three end closer together: an RTX 3060
-    # fit's search took 5.2 to 5.6 s so, against 5.6 to 6.2 s; on the H200, RTX 4090 and A6000, whose chains are
-    # about as long, the difference was within the machine's noise (docs/simulate.md).
-    yielding = [not any(SLOW in switches for switches in chain) for chain in groups]
-    found = run_side_by_side(jobs, tick, workers, yielding)
+    found = run_side_by_side(jobs, tick, workers)
     by_switches = {o.switches: o for options in found for o in options}
     options = [by_switches[c] for c in choices]
     weights = sum(w["bytes"] for w in simulator.weights.values())

@@ -23,16 +23,12 @@ class WorkerFailed(RuntimeError):
     """A job raised in its worker; the message carries the worker's traceback."""
 
 
-def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int | None = None,
-                     yielding: Sequence[bool] = ()) -> list[Any]:
+def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int | None = None) -> list[Any]:
     """Each job's result, in the jobs' order. At most ``workers`` jobs run at once (default: all of them, one
     process each, however many cores there are: the jobs of a fit search differ in length, and the system
     shares the cores among them better than a fixed assignment of jobs to cores would; on 2 cores the three
     chains of a 24 GB card took 22 s so, 31 s two at a time); ``tick`` is called in this process for every
-    tick of every job. ``yielding``: for each job, whether its worker runs one step lower in priority
-    (``os.nice(1)``: Linux's scheduler then gives it about a fifth less of the cores than a worker at the normal
-    priority while they share them), so that a job known to be the longest gets more of the cores and the jobs
-    end closer together. Where the jobs run here, one after the other, it changes nothing."""
+    tick of every job."""
     count = min(workers or len(jobs), len(jobs))
     if count <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [job(tick) for job in jobs]
@@ -50,8 +46,7 @@ def run_side_by_side(jobs: Sequence[Job], tick: Callable[[], None], workers: int
             while waiting and len(running) < count:
                 index, job = waiting.pop(0)
                 receive, send = context.Pipe(duplex=False)
-                lower = index < len(yielding) and yielding[index]
-                process = context.Process(target=_work, args=(job, send, lower), daemon=True)
+                process = context.Process(target=_work, args=(job, send), daemon=True)
                 process.start()
                 send.close()
                 running[receive] = (index, process)
@@ -102,17 +97,11 @@ def _end_with_parent() -> None:
         pass
 
 
-NICER = 1  # one step of niceness: CFS weighs a process at nice 1 at 820 against 1024 at nice 0 (sched/core.c)
-
-
-def _work(job: Job, send: Connection, lower: bool = False) -> None:
-    """In the child: run the job (``lower``: one step lower in priority), sending ticks and then its result (or the
-    traceback)."""
+def _work(job: Job, send: Connection) -> None:
+    """In the child: run the job, sending ticks and then its result (or the traceback)."""
     import torch  # already imported by the parent: free
 
     _end_with_parent()
-    if lower and hasattr(os, "nice"):
-        os.nice(NICER)
     torch.set_num_threads(1)  # one core per worker; and no OpenMP pool inherited across the fork is used
     try:
         result = job(lambda: send.send(("tick", None)))

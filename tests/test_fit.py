@@ -83,6 +83,9 @@ class Forgetful:
     def __init__(self, simulator) -> None:
         self.simulator = simulator
 
+    def __getattr__(self, name):
+        return getattr(self.simulator, name)
+
     def run(self, *args, **kwargs):
         self.simulator._calls.clear()
         self.simulator._op_cache.clear()
@@ -124,6 +127,20 @@ def test_tiling_changes_nothing_in_a_run_no_larger_than_a_tile(width, height, sa
     assert (tiled == plain) is same
 
 
+class Logging:
+    """A simulator that notes each run's size and whether tiling is on."""
+
+    def __init__(self, simulator) -> None:
+        self.simulator, self.runs = simulator, []
+
+    def __getattr__(self, name):
+        return getattr(self.simulator, name)
+
+    def run(self, request, *args, **kwargs):
+        self.runs.append(((request.width, request.height), request.settings.vae_tiling))
+        return self.simulator.run(request, *args, **kwargs)
+
+
 def test_a_search_takes_its_tiled_combinations_runs_no_larger_than_a_tile_from_the_untiled_one() -> None:
     """A chain's tiled combination starts at 8 x 8, a run its untiled combination made, as is any other size no
     larger than a tile that both try: the chain makes those runs once, and finds what the searches made apart find."""
@@ -139,20 +156,6 @@ def test_a_search_takes_its_tiled_combinations_runs_no_larger_than_a_tile_from_t
     shared = [size for size, tiling in apart_runs.runs if tiling and max(size) <= 512 and size in untiled_sizes]
     assert (8, 8) in shared
     assert len(chain_runs.runs) == len(apart_runs.runs) - len(shared)
-
-
-class Logging:
-    """A simulator that notes each run's size and whether tiling is on."""
-
-    def __init__(self, simulator) -> None:
-        self.simulator, self.runs = simulator, []
-
-    def __getattr__(self, name):
-        return getattr(self.simulator, name)
-
-    def run(self, request, *args, **kwargs):
-        self.runs.append(((request.width, request.height), request.settings.vae_tiling))
-        return self.simulator.run(request, *args, **kwargs)
 
 
 def test_runs_known_to_depend_on_what_ran_before_are_not_taken_for_each_other() -> None:

@@ -178,17 +178,14 @@ def largest(simulator: Simulator, request: RunRequest, gpu: GpuSpec, aspect: tup
     as its untiled combination's)."""
     def at(units: int) -> Option:
         width, height = size_for(units, aspect)
-        if tried is None:
-            tick()
-            option = seen[units] = _try(simulator, request, gpu, switches, width, height)
-            return option
         key = (untiled(simulator, request, switches, width, height), width, height)
-        if key not in tried:
+        if key not in known:
             tick()
-            tried[key] = _try(simulator, request, gpu, switches, width, height)
-        option = seen[units] = replace(tried[key], switches=switches)
+            known[key] = _try(simulator, request, gpu, switches, width, height)
+        option = seen[units] = replace(known[key], switches=switches)
         return option
 
+    known = {} if tried is None else tried  # (a search alone tries no size twice)
     seen: dict[int, Option] = {}
     top = MAX_SIDE // UNIT
     if not at(1).fits:  # not even the smallest image

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from sdvram import allocator as allocator_module
 from sdvram.allocator import (
+    FEW_EVENTS,
     AllocatorAccountant,
     AllocatorOutOfMemory,
     CachingAllocator,
@@ -433,9 +435,10 @@ def test_a_split_replay_refuses_to_release_segments_it_cannot_order() -> None:
     assert allocator.reserved == 20 * MIB and allocator.cuda_frees == 0  # nothing was released
 
 
-def test_a_program_of_no_events_replays_to_nothing_however_often() -> None:
+def test_a_program_of_no_events_replays_to_nothing_however_often(monkeypatch) -> None:
     """A logged call that allocated nothing (a blend of no rows) is remembered for both pools at once: its later
-    replays apply two empty trajectories and reach no peak."""
+    replays apply two empty trajectories and reach no peak (split as a long program is: ``FEW_EVENTS`` lowered)."""
+    monkeypatch.setattr(allocator_module, "FEW_EVENTS", -1)
     allocator = CachingAllocator()
     accountant = AllocatorAccountant(allocator)
     accountant.alloc("kept", 3 * MIB)
@@ -444,6 +447,24 @@ def test_a_program_of_no_events_replays_to_nothing_however_often() -> None:
         assert accountant.replay_events(empty, iter(range(10)), lambda info, exc: None) == ({}, (3 * MIB, 20 * MIB,
                                                                                                 3 * MIB))
     assert empty.applied == 4  # the second and third replays, each both pools
+
+
+def test_a_program_of_few_events_is_run_event_by_event_and_ends_where_they_end() -> None:
+    """A program of at most ``FEW_EVENTS`` events (a VAE tile's 1 x 1 convolution) is not split: no trajectory is
+    remembered or applied, and each replay leaves the allocator, the outputs and the peaks where the same events
+    sent one by one leave them."""
+    events = [("alloc", 1, Allocation(70_000, 0, "", (), "bytes", "tensor")),
+              ("alloc", 2, Allocation(3 * MIB, 0, "", (), "bytes", "tensor")), ("free", 2)]
+    assert len(events) <= FEW_EVENTS
+    program = Program([("events", events)])
+    fast, slow = AllocatorAccountant(CachingAllocator()), AllocatorAccountant(CachingAllocator(), split=False)
+    for call in range(4):
+        keys = range(10 * call, 10 * call + 10)
+        assert fast.replay_events(program, iter(keys), lambda info, exc: None) == \
+            slow.replay_events([("events", events)], iter(keys), lambda info, exc: None)
+        assert [(b.addr, b.size) for b in fast.allocator.free_blocks()] == \
+            [(b.addr, b.size) for b in slow.allocator.free_blocks()]
+    assert program.applied == 0 and not program.pools[True] and not program.pools[False]
 
 
 def test_the_peak_of_a_program_is_looked_for_after_an_allocation_that_a_free_or_the_end_follows() -> None:

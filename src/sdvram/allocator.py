@@ -256,6 +256,10 @@ class CachingAllocator:
         return sorted(self._free_blocks.values(), key=lambda b: b.addr)
 
 
+FEW_EVENTS = 8  # a program this short runs event by event, not split (``replay_events``): a split replay's fixed cost
+# (both pools' free blocks copied and looked up, the remembered trajectories tried) is some 20 us, an event run 1 to 2;
+# the VAE's tiles' 1 x 1 convolutions (quant_conv, post_quant_conv: one to three events) are 3,500 calls of a tiled
+# run at 15,900 px
 POOL_MEMO = 4  # start states remembered per program and pool: a UNet call mostly finds its large pool as the
 # call before it left it (40 of the 44 calls of a run at 1904 x 1904 px on 12 GB); a few more cover the VAE's tiles
 
@@ -473,6 +477,8 @@ class AllocatorAccountant:
         what is left live -> new keys from ``keys``, and the peaks (allocated, reserved, requested) reached
         meanwhile."""
         plan = program.plan() if self.split and isinstance(program, Program) else None
+        if plan is not None and len(plan.events) <= FEW_EVENTS:
+            plan = None  # run event by event: cheaper than split (FEW_EVENTS)
         allocator = self.allocator
         saved = allocator.peak_allocated, allocator.peak_reserved, allocator.peak_requested
         allocator.reset_peaks()

@@ -315,3 +315,45 @@ def test_the_meta_kernels_leave_other_inputs_to_pytorch() -> None:
     wrong = torch.empty(9, device="meta")
     assert native_layer_norm(torch.empty(4, 8, device="meta"), [8], wrong, None, 1e-5) is None  # PyTorch's raises
     assert native_group_norm(torch.empty(2, 32, 8, 8, device="meta"), None, None, 2, 32, 60, 32, 1e-5) is None
+
+
+class NotingLibrary:
+    """A meter's ``library`` that notes the ops it is shown and acts on the ops named in ``acts``."""
+
+    def __init__(self, acts: set[str]) -> None:
+        self.acts, self.seen = acts, []
+
+    def acts_on(self, func) -> bool:
+        return func._overloadpacket.__name__ in self.acts
+
+    def before_op(self, meter, func, args) -> tuple:
+        self.seen.append(func._overloadpacket.__name__)
+        return ()
+
+    def after_op(self, meter, func, args, out) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("acts", "shown"), [(set(), ["mul"]), ({"slice"}, ["slice", "slice", "mul"])])
+def test_a_view_reaches_the_library_only_where_it_acts_on_that_op(acts: set[str], shown: list[str]) -> None:
+    """A view op (a tile cut from an image: it allocates nothing) skips the library's hooks, unless the library acts
+    on that op; either way it counts no bytes, and the op after it counts its own."""
+    library = NotingLibrary(acts)
+    with LiveTensorMeter("meta", AllocatorAccountant(CachingAllocator()), library=library) as meter:
+        image = torch.empty(64, 64, device="meta")  # 16,384 bytes
+        library.seen.clear()
+        tile = image[8:16, 8:16]  # two slices
+        doubled = tile * 2  # 256 bytes, a 512-byte block
+        assert meter.allocated() == 16_384 + 512
+    assert library.seen == shown
+    del doubled
+
+
+def test_a_timeline_takes_a_view_as_a_step() -> None:
+    """With a timeline every op closes a step, a view's too, as it did before views skipped the hooks."""
+    with LiveTensorMeter("meta", AllocatorAccountant(CachingAllocator()), timeline=True) as meter:
+        image = torch.empty(64, 64, device="meta")
+        before = len(meter.series)
+        tile = image[8:16, 8:16]
+        assert len(meter.series) == before + 2
+    del tile

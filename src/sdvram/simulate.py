@@ -482,6 +482,12 @@ class GpuLibraries:
             meter.keep(self.cublaslt, "cuBLASLt workspace")
             self.largest["cublas"], self.largest["cublaslt"] = self.cublas, self.cublaslt
 
+    def acts_on(self, func: Any) -> bool:
+        """Whether ``before_op`` or ``after_op`` may do anything for ``func``: the meter calls neither for a view op
+        that they do not act on (``LiveTensorMeter.__torch_dispatch__``)."""
+        name = func._overloadpacket.__name__
+        return name in ("native_layer_norm", "convolution") or name in MATMULS or name.startswith("upsample_nearest")
+
     def before_op(self, meter: LiveTensorMeter, func: Any, args: Any) -> tuple[int | None, ...]:
         if func._overloadpacket.__name__ == "native_layer_norm":
             x = args[0]
@@ -903,7 +909,8 @@ class CallReplay:
         """A memoised call again: its attention calls and workspaces into the run's record, its events to the
         meter, its outputs bound to what they left."""
         log, template, outputs, calls, noted, kept = entry[:6]
-        self.attention.calls.update(calls)
+        if calls:  # most calls make none (a VAE tile's 1 x 1 convolution): Counter.update asks isinstance first
+            self.attention.calls.update(calls)
         if self.libraries is not None:
             self.libraries.merge(noted)
             if kept:  # the call made cuBLAS's workspaces, which the process then keeps

@@ -235,6 +235,47 @@ def test_replaying_a_program_equals_allocating_one_by_one(capacity: int | None) 
     assert (one.cuda_frees > 0) == (capacity is not None)  # the tight card released cached segments
 
 
+@pytest.mark.parametrize("room", [True, False], ids=["charged", "run"])
+def test_a_repeated_window_of_the_small_pool_charges_what_its_rows_run_would(room: bool) -> None:
+    """Rows of a tile's blending (small temporaries, each row a window that frees all it makes): where the small pool's
+    largest free block holds a row's allocations together, the rows are charged without running; else they run and
+    cudaMalloc a segment. Either way the allocator ends where the rows one by one leave it, with the same peaks."""
+    events: list[tuple] = []
+    for row in range(40):
+        a, b = 100 * row + 1, 100 * row + 2
+        events += [("alloc", a, Allocation(3_000, 0, "", (), "bytes", "tensor")),
+                   ("alloc", b, Allocation(6_100, 0, "", (), "bytes", "tensor")), ("free", a), ("free", b)]
+    program = repeated_windows(events)
+    assert len(program) == 1 and program[0][0] == "repeat"
+
+    def prepared() -> AllocatorAccountant:
+        accountant = AllocatorAccountant(CachingAllocator())
+        accountant.alloc("large", 30 * MIB)
+        if room:  # a small segment with free room beside what it keeps
+            accountant.alloc("kept", 700_000)
+        return accountant
+
+    by_one, at_once = prepared(), prepared()
+    made = at_once.allocator.cuda_mallocs
+    by_one.allocator.reset_peaks()
+    for event in events:
+        if event[0] == "alloc":
+            by_one.alloc(event[1], event[2].size)
+        else:
+            by_one.free(event[1])
+    runs: list[int] = []
+    run_indexed = at_once._run_indexed
+    at_once._run_indexed = lambda *args: (runs.append(1), run_indexed(*args))[1]  # type: ignore[method-assign]
+    left, peaks = at_once.replay_events(program, iter(range(10**6, 2 * 10**6)), lambda info, exc: None)
+    assert bool(runs) is not room  # charged where there was room, run where there was none
+    one, other = by_one.allocator, at_once.allocator
+    assert left == {} and peaks == (one.peak_allocated, one.peak_reserved, one.peak_requested)
+    assert peaks[0] == one.allocated + 3_072 + 6_144  # a row's two blocks at once, rounded
+    assert ([(b.addr, b.size) for b in one.free_blocks()], one.segments, one.cuda_mallocs) == \
+        ([(b.addr, b.size) for b in other.free_blocks()], other.segments, other.cuda_mallocs)
+    assert other.cuda_mallocs - made == (0 if room else 1)  # without room the rows made the small pool's segment
+
+
 def test_repeated_windows_keeps_what_is_not_a_window() -> None:
     small, large = Allocation(512, 0, "", (), "bytes", "tensor"), Allocation(4096, 0, "", (), "bytes", "tensor")
     events = [("alloc", 1, small), ("alloc", 3, small), ("free", 3), ("alloc", 4, small), ("free", 4),

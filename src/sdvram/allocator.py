@@ -264,6 +264,9 @@ POOL_MEMO = 4  # start states remembered per program and pool: a UNet call mostl
 # call before it left it (40 of the 44 calls of a run at 1904 x 1904 px on 12 GB); a few more cover the VAE's tiles
 
 
+WINDOW_CHARGES = 1024  # repeated windows whose charge is kept (``AllocatorAccountant._charged_window``): a tiled run
+# blends with a few dozen; the cache is emptied when full, so that it keeps no window alive for long
+
 BESIDE_MEMO = 2 * POOL_MEMO  # sums kept per trajectory (``Trajectory.beside``): the large pool's remembered starts,
 # and as many again while they are replaced
 
@@ -436,6 +439,9 @@ class AllocatorAccountant:
         self.allocator = allocator
         self._blocks: dict[Hashable, Block] = {}
         self.split = split  # replay a ``Program`` pool by pool where it can (``replay_events``)
+        # a repeated window's charge (``_charged_window``) by the window's id, with the window (an id is reused once
+        # its object is gone)
+        self._window_charges: dict[int, tuple[list[tuple[Any, ...]], int | None, int, int]] = {}
 
     @property
     def allocated(self) -> int:
@@ -510,11 +516,31 @@ class AllocatorAccountant:
             if item[0] == "events":
                 self._run_indexed(events, range(len(events)), blocks, None, refused)
                 continue
+            if self.split and self._charged_window(events):
+                continue
             for _ in range(item[2]):
                 segments = allocator.cuda_mallocs, allocator.cuda_frees
                 self._run_indexed(events, range(len(events)), blocks, None, refused)
                 if (allocator.cuda_mallocs, allocator.cuda_frees) == segments:
                     break
+
+    def _charged_window(self, window: list[tuple[Any, ...]]) -> bool:
+        """Charge a repeated window (the rows of a VAE tile's blending) without running it, where it can be: one of the
+        small pool's whose allocations together fit in the pool's largest free block leaves the pool as it found it
+        and charges each block its rounded request (``_small_runs``), so its repetitions change nothing but the peaks,
+        which it raises by the most its events hold at once. False where it must run."""
+        charge = self._window_charges.get(id(window))
+        if charge is None or charge[0] is not window:
+            if len(self._window_charges) >= WINDOW_CHARGES:
+                self._window_charges.clear()
+            charge = self._window_charges[id(window)] = (window, *_window_charge(window))
+        _, total, most_allocated, most_requested = charge
+        pool, allocator = self.allocator._free[True], self.allocator
+        if total is None or not pool or pool[-1] >> ADDRESS_BITS < total:
+            return False
+        allocator.peak_allocated = max(allocator.peak_allocated, allocator.allocated + most_allocated)
+        allocator.peak_requested = max(allocator.peak_requested, allocator.requested + most_requested)
+        return True
 
     def _replay_split(self, program: Program, plan: _Plan, blocks: dict[int, Block],
                       refused: Callable[[Any, AllocatorOutOfMemory], None]) -> tuple[int, int, int] | None:
@@ -740,6 +766,29 @@ class AllocatorAccountant:
     def lift_capacity(self) -> None:
         """Let the run go on past an out-of-memory, to show what it would need."""
         self.allocator.capacity = None
+
+
+def _window_charge(window: list[tuple[Any, ...]]) -> tuple[int | None, int, int]:
+    """For ``_charged_window``: the bytes the window's allocations take together, rounded (None where one is not the
+    small pool's), and the most bytes allocated and requested at once along it, above where it starts."""
+    sizes: dict[Any, tuple[int, int]] = {}
+    total = allocated = requested = most_allocated = most_requested = 0
+    for event in window:
+        if event[0] == "alloc":
+            size = event[2].size
+            rounded = round_size(size)
+            if rounded > K_SMALL_SIZE:
+                return None, 0, 0
+            sizes[event[1]] = rounded, size
+            total += rounded
+            allocated += rounded
+            requested += size
+            most_allocated, most_requested = max(most_allocated, allocated), max(most_requested, requested)
+        else:
+            rounded, size = sizes[event[1]]
+            allocated -= rounded
+            requested -= size
+    return total, most_allocated, most_requested
 
 
 def _most_beside(small: Trajectory, large: Trajectory) -> int:

@@ -21,12 +21,14 @@ from sdvram.allocator import (
     FEW_EVENTS,
     AllocatorAccountant,
     AllocatorOutOfMemory,
+    Block,
     CachingAllocator,
     Program,
     ReplayConflict,
     Trajectory,
     _most_beside,
     _Plan,
+    _shrink_bound,
     get_allocation_size,
     round_size,
     should_split,
@@ -431,6 +433,54 @@ def test_a_program_replayed_from_a_pool_with_a_block_moved_or_shrunk_ends_where_
                     accountant.free(key)
             row = []
     assert split.moved > 20, split.moved
+
+
+def choices_from(plan: _Plan, small: bool, blocks: list[tuple[int, int]]) -> list[tuple[int, int, int]] | None:
+    """The pool's events of ``plan`` run from free blocks (address, size), each a segment of its own: for each
+    allocation, which block it was carved from, where in it and how large (None where one needed a cudaMalloc)."""
+    allocator = CachingAllocator(capacity=0)
+    allocator.guarded = True
+    allocator._free[small] = sorted(size << 64 | addr for addr, size in blocks)
+    for segment, (addr, size) in enumerate(blocks):
+        allocator._free_blocks[addr] = Block(addr, size, small, segment)
+    made, taken = {}, []
+    for i in plan.indices[small]:
+        event = plan.events[i]
+        if event[0] == "free":
+            allocator.free(made.pop(event[1]))
+            continue
+        try:
+            block = made[event[1]] = allocator.malloc(event[2].size)
+        except ReplayConflict:
+            return None
+        taken.append((block.segment, block.addr - blocks[block.segment][0], block.size))
+    return taken
+
+
+@pytest.mark.parametrize("seed", [3, 5, 8])
+def test_a_block_may_lose_its_shrink_bound_with_every_choice_made_again(seed: int) -> None:
+    """``_shrink_bound``: with each free block of a start shrunk at its low end by its bound (or by any multiple of
+    512 bytes below it), a tile's events choose the same blocks, take the same places in them and split them alike,
+    as a run of the pool's events from each start says."""
+    rng = random.Random(seed)
+    plan = Program(repeated_windows(tile_like_events(rng, iter(range(1, 10**6))))).plan()
+    assert plan is not None
+    starts = {False: [11 * MIB + 512, 7 * MIB, 40 * MIB, 3 * MIB, 64 * MIB, 26 * MIB],
+              True: [300_032, 900_096, 150_016, 1_048_576, 65_536]}
+    bounded = 0
+    for small, sizes in starts.items():
+        blocks = [((i + 1) << 32, size) for i, size in enumerate(sizes)]  # far apart: never neighbours
+        start = tuple(sorted(size << 64 | addr for addr, size in blocks))
+        expected = choices_from(plan, small, blocks)
+        assert expected is not None
+        for index, (addr, size) in enumerate(blocks):
+            bound = _shrink_bound(plan, small, start, addr)
+            assert 0 <= bound < size
+            for shrink in {bound // 512 * 512, rng.randrange(bound + 1) // 512 * 512}:
+                shrunk = [*blocks[:index], (addr + shrink, size - shrink), *blocks[index + 1:]]
+                assert choices_from(plan, small, shrunk) == expected, (small, size, bound, shrink)
+            bounded += bound >= 512
+    assert bounded >= 4  # the test saw blocks that may shrink, not only bounds of 0
 
 
 def test_a_trajectory_is_not_moved_past_a_block_of_the_same_size() -> None:

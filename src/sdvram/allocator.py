@@ -597,7 +597,7 @@ class AllocatorAccountant:
                     found[which], moves[which] = hit
         segments, releases = allocator._segment_count, allocator.cuda_frees
         live = [which for which in (True, False) if found[which] is None]
-        # each live pool's bytes, by event (both pools' lists: an event of either may run)
+        # each pool's bytes by event, made only where a pool runs (its events write its own list)
         charged = {True: [0] * len(plan.events), False: [0] * len(plan.events)} if live else {}
         if len(live) == 2:
             self._run_indexed(plan.events, range(len(plan.events)), blocks, charged, refused)

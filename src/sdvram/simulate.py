@@ -484,7 +484,8 @@ class GpuLibraries:
 
     def acts_on(self, func: Any) -> bool:
         """Whether ``before_op`` or ``after_op`` may do anything for ``func``: the meter calls neither for a view op
-        that they do not act on (``LiveTensorMeter.__torch_dispatch__``)."""
+        that they do not act on (``LiveTensorMeter.__torch_dispatch__``). An op either hook comes to act on belongs
+        here too."""
         name = func._overloadpacket.__name__
         return name in ("native_layer_norm", "convolution") or name in MATMULS or name.startswith("upsample_nearest")
 

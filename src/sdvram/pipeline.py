@@ -19,6 +19,11 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+
+from sdvram import dynamo
+
+dynamo.defer()  # before diffusers and transformers: they load Dynamo only to mark functions for compilers (dynamo.py)
+
 import transformers
 
 # transformers logs a warning on every diffusers import when torchvision is absent (its image processors

@@ -483,6 +483,43 @@ def test_a_block_may_lose_its_shrink_bound_with_every_choice_made_again(seed: in
     assert bounded >= 4  # the test saw blocks that may shrink, not only bounds of 0
 
 
+@pytest.mark.parametrize("seed", [3, 5, 8, 13])
+def test_a_bound_read_from_a_runs_picks_is_the_walks(seed: int) -> None:
+    """``Trajectory.picks``: a run of the pool's events from a start notes what each took and left
+    (``_run_indexed``), and ``_shrink_bound`` reads its choices there instead of walking the pool's events again:
+    for every block of the start, and starts where blocks are taken whole, split and merged back into the tail, the
+    bound is the walk's. The run is the accountant's own, each start block a segment of its own, as a walk has it."""
+    rng = random.Random(seed)
+    plan = Program(repeated_windows(tile_like_events(rng, iter(range(1, 10**6))))).plan()
+    assert plan is not None
+    requests = {small: [rounded for _, rounded in plan.requests(small) if rounded] for small in (True, False)}
+    compared = nonzero = 0
+    for small in (True, False):
+        for _ in range(10):  # blocks of about the pool's request sizes: some are taken whole, some split
+            sizes = [rng.choice(requests[small]) + rng.choice([0, 512, 4096, MIB, 2 * MIB, 9 * MIB]) * (not small)
+                     + rng.choice([0, 512, 1024]) * small for _ in range(rng.randrange(3, 8))]
+            blocks = [((i + 1) << 32, size) for i, size in enumerate(sizes)]
+            allocator = CachingAllocator(capacity=0)
+            allocator.guarded = True  # a cudaMalloc raises ReplayConflict: no trajectory, no bound
+            allocator._free[small] = sorted(size << 64 | addr for addr, size in blocks)
+            for segment, (addr, size) in enumerate(blocks):
+                allocator._free_blocks[addr] = Block(addr, size, small, segment)
+            picks = [0] * len(plan.events)
+            try:
+                AllocatorAccountant(allocator)._run_indexed(plan.events, plan.indices[small], {}, None,
+                                                            lambda info, exc: None, picks)
+            except ReplayConflict:
+                continue
+            start = tuple(sorted(size << 64 | addr for addr, size in blocks))
+            own = [picks[i] for i in plan.indices[small]]
+            for addr, _ in blocks:
+                walked = _shrink_bound(plan, small, start, addr)
+                assert _shrink_bound(plan, small, start, addr, own) == walked, (small, sizes, addr)
+                compared += 1
+                nonzero += walked > 0
+    assert compared >= 20 and nonzero >= 4  # bounds of both kinds were compared, not only zeros
+
+
 def test_a_trajectory_is_not_moved_past_a_block_of_the_same_size(monkeypatch) -> None:
     """Among free blocks of one size the lowest address is chosen. A trajectory remembered where block A (4 MiB) was
     below block C (4 MiB) and took A does not hold where A has gone and a block of A's size has come above C: the

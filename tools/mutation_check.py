@@ -82,6 +82,10 @@ MUTATIONS = (
              'if event[0] == "alloc" and (i + 1 == len(events) or events[i + 1][0] == "alloc")]'),
     Mutation("replay split: two trajectories' peak kept by the other's id alone", ALLOC,
              "if known is not None and known[0] is large:", "if known is not None:"),
+    Mutation("replay split: a bound read from a run's picks misses a free merged into the tail", ALLOC,
+             "                tail_addr, tail_size = picked_addr, picked_size\n", "                pass\n"),
+    Mutation("replay split: a run's picks note the request, not the block it was carved from", ALLOC,
+             "(block.size + rest.size if rest is not None and not rest.allocated else block.size)", "(block.size)"),
     # cuBLAS and cuBLASLt workspaces
     Mutation("sm90 cuBLAS workspace halved", WORK, "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 8",
              "CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 4"),

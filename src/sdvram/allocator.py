@@ -288,7 +288,7 @@ class Program(list):  # type: ignore[type-arg]
     pool, where the program's blocks went from each recent start state of that pool (``Trajectory``). A plain
     list is replayed event by event."""
 
-    __slots__ = ("_plan", "pools", "applied", "moved", "charged_windows")
+    __slots__ = ("_plan", "pools", "applied", "moved", "charged_windows", "bounded")
 
     def __init__(self, items: Sequence[tuple[Any, ...]] = ()) -> None:
         super().__init__(items)
@@ -297,6 +297,8 @@ class Program(list):  # type: ignore[type-arg]
         self.applied = 0  # trajectories applied instead of their events (for tests and benchmarks)
         self.moved = 0  # of those, applied to a start with one free block moved or shrunk (``_moved``)
         self.charged_windows = 0  # small-pool windows charged instead of run
+        self.bounded = False  # a shrunk block's bound was worked out for one of its trajectories (``_moved``): its
+        # runs note their picks from then on (``Trajectory.picks``), which the next bounds read
 
     def plan(self) -> _Plan | None:
         if self._plan is False:
@@ -454,6 +456,11 @@ class Trajectory:
     # trajectory itself, so that an id reused after it was forgotten is not taken for it): a VAE tile's call applies
     # the same two trajectories again and again, and their sum event by event is the same each time
     beside: dict[int, tuple[Trajectory, int]] = field(default_factory=dict)
+    # what each of the pool's events took or left, noted as its run went (``AllocatorAccountant._run_indexed``): the
+    # free block an allocation was carved from, and the block a free left once merged, each as ``size << ADDRESS_BITS
+    # | address``; None where a run skipped some (``_run_small``'s windows). ``_shrink_bound`` reads its choices there
+    # rather than making them again
+    picks: list[int] | None = None
 
 
 class AllocatorAccountant:
@@ -599,10 +606,13 @@ class AllocatorAccountant:
         live = [which for which in (True, False) if found[which] is None]
         # each pool's bytes by event, made only where a pool runs (its events write its own list)
         charged = {True: [0] * len(plan.events), False: [0] * len(plan.events)} if live else {}
+        # what each event took or left (``Trajectory.picks``), for a program whose bounds are asked for: noting costs
+        # a tenth of a run, and most programs' trajectories are never bounded (the UNet's calls)
+        picks = [0] * len(plan.events) if live and program.bounded else None
         if len(live) == 2:
-            self._run_indexed(plan.events, range(len(plan.events)), blocks, charged, refused)
+            self._run_indexed(plan.events, range(len(plan.events)), blocks, charged, refused, picks)
             for which in (True, False):
-                self._remember(program, which, starts[which], keys[which], blocks, charged[which], plan.rises,
+                self._remember(program, which, plan, starts[which], keys[which], blocks, charged[which], picks,
                                segments, releases)
             return None
         start_allocated, start_requested = allocator.allocated, allocator.requested
@@ -611,13 +621,16 @@ class AllocatorAccountant:
             allocator.guarded = True
             try:
                 if which:
-                    program.charged_windows += self._run_small(plan, blocks, charged, refused)
+                    skipped = self._run_small(plan, blocks, charged, refused, picks)
+                    program.charged_windows += skipped
+                    if skipped:  # the windows charged were not run: their choices are not in ``picks``
+                        picks = None
                 else:
-                    self._run_indexed(plan.events, plan.indices[which], blocks, charged, refused)
+                    self._run_indexed(plan.events, plan.indices[which], blocks, charged, refused, picks)
             finally:
                 allocator.guarded = False
-            deltas.append(self._remember(program, which, starts[which], keys[which], blocks, charged[which],
-                                         plan.rises, segments, releases))
+            deltas.append(self._remember(program, which, plan, starts[which], keys[which], blocks, charged[which],
+                                         picks, segments, releases))
         for which, trajectory in found.items():
             if trajectory is not None:
                 self._apply(trajectory, which, blocks, moves.get(which))
@@ -631,10 +644,10 @@ class AllocatorAccountant:
         return (start_allocated + max(0, most), allocator.peak_reserved, start_requested + plan.requested_peak)
 
     def _run_indexed(self, events: list[tuple[Any, ...]], indices: Sequence[int], blocks: dict[int, Block],
-                     charged: dict[bool, list[int]] | None,
-                     refused: Callable[[Any, AllocatorOutOfMemory], None]) -> None:
+                     charged: dict[bool, list[int]] | None, refused: Callable[[Any, AllocatorOutOfMemory], None],
+                     picks: list[int] | None = None) -> None:
         """The events at ``indices``, in order, each block's bytes noted in its pool's ``charged`` where given
-        (less for a free)."""
+        (less for a free), and in ``picks`` what each took or left (``Trajectory.picks``)."""
         malloc, free = self.allocator.malloc, self.allocator.free
         for i in indices:
             event = events[i]
@@ -647,14 +660,20 @@ class AllocatorAccountant:
                 blocks[event[1]] = block
                 if charged is not None:
                     charged[block.small][i] = block.size
+                if picks is not None:  # the free block it was carved from: the request's and, split off, the rest
+                    rest = block.next  # (free blocks are never neighbours: a free one beside it is its remainder)
+                    picks[i] = (block.size + rest.size if rest is not None and not rest.allocated else block.size) \
+                        << ADDRESS_BITS | block.addr
             else:
                 block = blocks.pop(event[1])
                 if charged is not None:
                     charged[block.small][i] = -block.size
                 free(block)
+                if picks is not None:  # the block it left, merged with its free neighbours
+                    picks[i] = block.size << ADDRESS_BITS | block.addr
 
     def _run_small(self, plan: _Plan, blocks: dict[int, Block], charged: dict[bool, list[int]],
-                   refused: Callable[[Any, AllocatorOutOfMemory], None]) -> int:
+                   refused: Callable[[Any, AllocatorOutOfMemory], None], picks: list[int] | None = None) -> int:
         """The small pool's events alone, a window that fits in the pool's largest free block not run but
         charged (``_small_runs``); returns how many windows were charged so."""
         pool, events, into = self.allocator._free[True], plan.events, charged[True]
@@ -665,18 +684,19 @@ class AllocatorAccountant:
                     into[i] = bytes_
                 skipped += 1
             else:
-                self._run_indexed(events, run[1], blocks, charged, refused)
+                self._run_indexed(events, run[1], blocks, charged, refused, picks)
         return skipped
 
-    def _remember(self, program: Program, small: bool, start: tuple[int, ...], key: tuple[int, ...],
-                  blocks: dict[int, Block], charged: list[int], rises: list[int], segments: int,
+    def _remember(self, program: Program, small: bool, plan: _Plan, start: tuple[int, ...], key: tuple[int, ...],
+                  blocks: dict[int, Block], charged: list[int], picks: list[int] | None, segments: int,
                   releases: int) -> array:  # type: ignore[type-arg]
-        """The pool's allocated bytes made by the program after each event of ``rises`` (``charged`` summed); and its
-        trajectory from ``start`` kept under ``key`` (the start's blocks the events could choose), if its events
-        cudaMalloc'd nothing and nothing was released."""
+        """The pool's allocated bytes made by the program after each event of ``plan.rises`` (``charged`` summed); and
+        its trajectory from ``start`` kept under ``key`` (the start's blocks the events could choose), with what its
+        events took and left (``picks``, where noted), if its events cudaMalloc'd nothing and nothing was
+        released."""
         allocator = self.allocator
         made = list(accumulate(charged))  # a list: summing into an array directly takes 2.5 times as long
-        deltas = array("q", [made[i] for i in rises])
+        deltas = array("q", [made[i] for i in plan.rises])
         if allocator.cuda_frees != releases or any(
                 allocator.segments[i].small is small for i in range(segments, allocator._segment_count)
                 if i in allocator.segments):
@@ -703,8 +723,9 @@ class AllocatorAccountant:
         if at != len(pieces):
             return deltas
         left = [p for _, _, inside in changes for p in inside if p[2] is not None]
-        program.remember(small, key, Trajectory(changes, deltas, sum(p[1] for p in left),
-                                                  sum(p[3] for p in left)))
+        own = None if picks is None else [picks[i] for i in plan.indices[small]]
+        program.remember(small, key, Trajectory(changes, deltas, sum(p[1] for p in left), sum(p[3] for p in left),
+                                                picks=own))
         return deltas
 
     def _moved(self, program: Program, plan: _Plan, small: bool,
@@ -750,7 +771,8 @@ class AllocatorAccountant:
             if new_size < size:
                 bound = trajectory.shrinkable.get(addr)
                 if bound is None:
-                    bound = trajectory.shrinkable[addr] = _shrink_bound(plan, small, old, addr)
+                    bound = trajectory.shrinkable[addr] = _shrink_bound(plan, small, old, addr, trajectory.picks)
+                    program.bounded = True
                 if size - new_size > bound:
                     continue
             return trajectory, (addr, new_addr, size - new_size)
@@ -841,7 +863,7 @@ def _moved_pieces(addr: int, size: int, inside: list[tuple[int, int, Any, int]],
     return new_addr, size - shrunk, pieces
 
 
-def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int) -> int:
+def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int, picks: list[int] | None = None) -> int:
     """How many bytes the free block at ``addr`` of the pool's ``start`` may lose at its low end (or anywhere, its
     pieces moved with it: ``AllocatorAccountant._moved``) with every choice of the pool's events from ``start``
     made again: the pool's events run on a model of that pool alone, each start block a segment of its own (a
@@ -853,7 +875,12 @@ def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int) -
     - where another block of ``size`` bytes is chosen and the tail could hold the request, the tail must stay
       larger than that block (a tie is lost on address; a smaller tail would be chosen instead).
 
-    0 when the events ever take the whole tail, cudaMalloc, or leave the tail allocated."""
+    0 when the events ever take the whole tail, cudaMalloc, or leave the tail allocated.
+
+    ``picks``: what the events took and left in a run from ``start`` (``Trajectory.picks``): the choices are read there
+    and only the tail followed (``_picked_bound``), instead of running the pool's events again."""
+    if picks is not None:
+        return _picked_bound(plan.requests(small), picks, small, start, addr)
     # The pool's own model: ``CachingAllocator.malloc`` and ``free`` without their statistics, each request taking the
     # block its bound looked at (5,700 bounds an H200 fit, a third faster so than through the allocator's calls)
     pool = list(start)
@@ -890,3 +917,31 @@ def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int) -
         block.allocated = True
         blocks[key] = block
     return 0 if tail.allocated else bound
+
+
+def _picked_bound(requests: list[tuple[Any, int]], picks: list[int], small: bool, start: tuple[int, ...],
+                  addr: int) -> int:
+    """``_shrink_bound`` where a run of the pool's events from ``start`` noted each one's pick: the block an allocation
+    was carved from, the block a free left once merged (``_run_indexed``). That run made the choices the walk would
+    make (the same start, no cudaMalloc: a trajectory is kept only then; the blocks outside ``start`` are never chosen
+    nor merged with), so the walk's pool is not needed: only the tail is followed. A request carved from the tail
+    leaves the rest of it as the tail (split off: were it not, the bound would be below 0 already); a free that
+    leaves a block ending where the tail ends makes that block the tail."""
+    size = next(key >> ADDRESS_BITS for key in start if key & ADDRESS_MASK == addr)
+    end, tail_addr, tail_size = addr + size, addr, size
+    bound = size - K_MIN_BLOCK_SIZE
+    least = K_MIN_BLOCK_SIZE if small else K_SMALL_SIZE + 1  # the smallest remainder should_split keeps apart
+    for (_, rounded), pick in zip(requests, picks, strict=True):
+        picked_addr, picked_size = pick & ADDRESS_MASK, pick >> ADDRESS_BITS
+        if not rounded:  # a free
+            if picked_addr + picked_size == end:
+                tail_addr, tail_size = picked_addr, picked_size
+            continue
+        if picked_addr == tail_addr:
+            bound = min(bound, tail_size - rounded - least)
+            tail_addr, tail_size = tail_addr + rounded, tail_size - rounded
+        elif tail_size >= rounded:
+            bound = min(bound, tail_size - picked_size - 1)
+        if bound < 0:
+            return 0
+    return bound

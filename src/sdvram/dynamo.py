@@ -4,7 +4,7 @@ for code that runs eagerly, as all of sdvram's does: nothing is ever compiled.
 diffusers and transformers import Dynamo as they load (diffusers 0.42.1: ``utils.torch_utils``, its hooks'
 ``@torch.compiler.disable`` and ``DiffusionPipeline``'s; transformers 5.24.0: ``integrations.deepgemm``'s
 ``@torch._dynamo.assume_constant_result``, ``masking_utils``), and a pipeline's ``register_modules`` asks whether each
-model is a compiled one (``is_compiled_module``). Loading Dynamo for that took 0.2 to 0.25 s of every command that
+model is a compiled one (``is_compiled_module``). Loading Dynamo for that took 0.25 to 0.3 s of every command that
 runs diffusers on the 2-core development machine (``benchmarks/imports.py``), most of which is Dynamo's own modules
 (its tracer, its rules, its variable trackers).
 

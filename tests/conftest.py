@@ -11,6 +11,14 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
+try:  # the tests run as sdvram's commands do, with Dynamo's stand-in (dynamo.py) in place before a test module imports
+    # diffusers (``pytest.importorskip("diffusers")`` would load the real one first, and no test would see the stand-in)
+    from sdvram import dynamo
+
+    dynamo.defer()
+except ImportError:  # no torch: the estimate's tests alone
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
 MEASURED = REPO / "docs" / "measurements" / "h200-2026-11-26"

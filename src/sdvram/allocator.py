@@ -875,7 +875,8 @@ def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int, p
     - where another block of ``size`` bytes is chosen and the tail could hold the request, the tail must stay
       larger than that block (a tie is lost on address; a smaller tail would be chosen instead).
 
-    0 when the events ever take the whole tail, cudaMalloc, or leave the tail allocated.
+    0 when the events cudaMalloc, or take the whole tail: its remainder then is not split off, and the first rule
+    above makes the bound negative at once (so the tail is never left allocated while the walk goes on).
 
     ``picks``: what the events took and left in a run from ``start`` (``Trajectory.picks``): the choices are read there
     and only the tail followed (``_picked_bound``), instead of running the pool's events again."""
@@ -901,7 +902,7 @@ def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int, p
                 tail = block
             continue
         at = bisect_left(pool, rounded << ADDRESS_BITS)
-        if at == len(pool) or tail.allocated:  # a cudaMalloc (a remembered trajectory made none), or the tail taken
+        if at == len(pool):  # a cudaMalloc (a remembered trajectory made none)
             return 0
         chosen = pool.pop(at)
         if chosen & ADDRESS_MASK == tail.addr:
@@ -916,7 +917,7 @@ def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int, p
             block = _split(pool, free_blocks, block, rounded, remaining_size)
         block.allocated = True
         blocks[key] = block
-    return 0 if tail.allocated else bound
+    return bound
 
 
 def _picked_bound(requests: list[tuple[Any, int]], picks: list[int], small: bool, start: tuple[int, ...],
@@ -925,8 +926,8 @@ def _picked_bound(requests: list[tuple[Any, int]], picks: list[int], small: bool
     was carved from, the block a free left once merged (``_run_indexed``). That run made the choices the walk would
     make (the same start, no cudaMalloc: a trajectory is kept only then; the blocks outside ``start`` are never chosen
     nor merged with), so the walk's pool is not needed: only the tail is followed. A request carved from the tail
-    leaves the rest of it as the tail (split off: were it not, the bound would be below 0 already); a free that
-    leaves a block ending where the tail ends makes that block the tail."""
+    leaves the rest of it as the tail (split off, as in ``_shrink_bound``); a free that leaves a block ending where the
+    tail ends makes that block the tail."""
     size = next(key >> ADDRESS_BITS for key in start if key & ADDRESS_MASK == addr)
     end, tail_addr, tail_size = addr + size, addr, size
     bound = size - K_MIN_BLOCK_SIZE

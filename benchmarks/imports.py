@@ -23,9 +23,9 @@ STEPS = [
     ("F ended by os._exit, without the teardown", "import torch, diffusers, transformers, os; os._exit(0)"),
     # and what the garbage collector's passes over the objects the imports make cost: sdvram pauses it (collector.py)
     ("F with the garbage collector paused", "import gc; gc.disable(); import torch, diffusers, transformers"),
-    # and what Dynamo costs of it: sdvram puts a stand-in in its place (dynamo.py)
-    ("F with torch._dynamo's stand-in", "import torch; from sdvram import dynamo; dynamo.defer(); "
-                                        "import diffusers, transformers"),
+    # and what Dynamo, sympy and DTensor cost of it: sdvram puts stand-ins in their place (standins.py)
+    ("F with sdvram's stand-ins (Dynamo, sympy, symbolic shapes, DTensor)",
+     "import torch; from sdvram import standins; standins.defer(); import diffusers, transformers"),
     ("sdvram.pipeline (the model classes, diffusers' packages lazy)", "import sdvram.pipeline"),
     ("sdvram.simulate", "import sdvram.simulate"),
     ("all a simulation loads (simulate, profiler, fit, report)",

@@ -11,11 +11,11 @@ from types import ModuleType
 import pytest
 from PIL import Image
 
-try:  # the tests run as sdvram's commands do, with Dynamo's stand-in (dynamo.py) in place before a test module imports
+try:  # the tests run as sdvram's commands do, with stand-ins (standins.py) in place before a test module imports
     # diffusers (``pytest.importorskip("diffusers")`` would load the real one first, and no test would see the stand-in)
-    from sdvram import dynamo
+    from sdvram import standins
 
-    dynamo.defer()
+    standins.defer()
 except ImportError:  # no torch: the estimate's tests alone
     pass
 

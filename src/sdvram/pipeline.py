@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from sdvram import dynamo
+from sdvram import standins
 
-dynamo.defer()  # before diffusers and transformers: they load Dynamo only to mark functions for compilers (dynamo.py)
+# before diffusers and transformers: what they load of Dynamo, sympy and DTensor no run needs (standins.py)
+standins.defer()
 
 import transformers
 

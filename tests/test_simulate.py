@@ -82,6 +82,37 @@ def test_replaying_tiled_vae_calls_changes_no_figure() -> None:
     assert ("one window per row", "vae.blend_v") in simulator._calls
 
 
+def test_the_views_let_pass_the_meter_change_no_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slices a tiled VAE cuts its tiles with pass the meter unseen (``meters.UNSEEN_VIEWS``): every figure of
+    a run must be what the same run gives with the meter seeing them, tiled or not, with offload, explain, and on
+    the CPU target; and the meter must not have seen one (else this would compare a run with itself)."""
+    from sdvram import meters
+
+    cases = [(tiny(256, 320, steps=3, strength=1.0, vae_tiling=True), SimulateOptions(GPUS["t4"])),
+             (tiny(320, 456, steps=3, vae_tiling=True, offload=Offload.sequential), SimulateOptions(GPUS["t4"])),
+             (tiny(384, 256, steps=3, vae_tiling=True), SimulateOptions(GPUS["t4"], explain=True)),
+             (tiny(128, 192, steps=3, vae_tiling=True), SimulateOptions(CPU)),
+             (tiny(192, 128, steps=3), SimulateOptions(GPUS["t4"]))]
+    dispatch, views = meters.LiveTensorMeter.__torch_dispatch__, meters.UNSEEN_VIEWS
+    slices = [0]
+
+    def counting(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202 -- the mode's own
+        slices[0] += func in views
+        return dispatch(self, func, types, args, kwargs)
+
+    def run(request: RunRequest, options: SimulateOptions) -> dict:
+        simulator = Simulator(Architecture.tiny, request.resolved_dtype(options.gpu.is_cuda))
+        return figures(simulator.run(request, options))
+
+    monkeypatch.setattr(meters.LiveTensorMeter, "__torch_dispatch__", counting)
+    unseen = [run(r, o) for r, o in cases]
+    assert slices[0] == 0
+    monkeypatch.setattr(meters, "UNSEEN_VIEWS", ())
+    seen = [run(r, o) for r, o in cases]
+    assert slices[0] > 100  # the tiles were cut, and the meter saw each cut
+    assert unseen == seen
+
+
 def test_a_run_whose_split_replay_meets_a_release_is_simulated_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """A replay split by pool that meets a cudaMalloc the capacity refuses raises ``ReplayConflict``: the run is
     simulated again, each call's events as they came, and its record is what a run without the split gives."""

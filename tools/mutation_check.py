@@ -110,6 +110,10 @@ MUTATIONS = (
     # the attention kernels
     Mutation("no cuDNN attention workspace", ATTN, "CUDNN_WORKSPACE = 256", "CUDNN_WORKSPACE = 0"),
     Mutation("flash before cuDNN on sm90", ATTN, "CUDNN_PREFERRED_MAJORS = (9, 10)", "CUDNN_PREFERRED_MAJORS = (10,)"),
+    # the views the meter lets pass unseen (meters.UNSEEN_VIEWS): only views whose outputs add nothing
+    Mutation("the meter lets a concatenation pass unseen", "src/sdvram/meters.py",
+             "passed = [view for view in views if self._plain_view(view)]",
+             "passed = [*views, torch.ops.aten.cat.default]"),
     # the CUDA context nvidia-smi adds
     Mutation("CUDA context 2 MiB smaller", GPUS, "H200_CONTEXT = 721_420_288", "H200_CONTEXT = 719_323_136"),
     # the calibration's default entry: what `sdvram estimate` answers with no options

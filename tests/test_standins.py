@@ -98,11 +98,15 @@ def test_a_simulation_runs_without_loading_what_is_stood_in_for() -> None:
         from sdvram.requests import RunRequest, SimulateOptions
         from sdvram.simulate import Simulator
         stand_ins = {name: type(sys.modules[name]).__name__ for name in standins.ANSWERS}
+        import importlib.util
+        specs = [name for name in standins.ANSWERS if importlib.util.find_spec(name).name == name]
         record = Simulator().run(RunRequest(height=512, width=512), SimulateOptions(find_gpu("h200")))
-        print(json.dumps({"stand_ins": stand_ins, "loaded": [n for n in standins.ANSWERS if standins.loaded(n)],
+        print(json.dumps({"stand_ins": stand_ins, "specs": specs,
+                          "loaded": [n for n in standins.ANSWERS if standins.loaded(n)],
                           "dtensor": "torch.distributed.tensor" in sys.modules, "peak": record.peak_allocated}))
     """)
     assert found["stand_ins"] == {name: "Deferred" for name in standins.ANSWERS}
+    assert found["specs"] == list(standins.ANSWERS)  # find_spec answers for a stand-in as for the real module
     assert found["peak"] > 0
     assert found["loaded"] == []  # diffusers, transformers and torch's meta kernels asked only what they answer
     assert found["dtensor"] is False

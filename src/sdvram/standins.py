@@ -180,6 +180,7 @@ def _stand_in(name: str, answers: dict[str, Any]) -> None:
     if spec is None:
         return
     stand_in = Deferred(name)
+    stand_in.__spec__ = spec  # what ``importlib.util.find_spec`` gives for a module already in sys.modules
     if spec.submodule_search_locations is not None:
         stand_in.__path__ = list(spec.submodule_search_locations)  # its submodules load from their own files
         stand_in.__package__ = name

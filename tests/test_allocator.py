@@ -520,6 +520,58 @@ def test_a_bound_read_from_a_runs_picks_is_the_walks(seed: int) -> None:
     assert compared >= 20 and nonzero >= 4  # bounds of both kinds were compared, not only zeros
 
 
+def stretch_like_events(rng: random.Random, key: Iterator[int]) -> list[tuple]:
+    """A tile's small pool as a VAE block's make it: stretches of windows of a few shapes repeated in turn (GroupNorm's
+    scale and shift, a convolution's workspace), each stretch ended by an allocation kept (an output)."""
+    events: list[tuple] = []
+
+    def alloc(size: int) -> int:
+        k = next(key)
+        events.append(("alloc", k, Allocation(size, 0, "", (), "bytes", "tensor")))
+        return k
+
+    shapes = [[rng.randrange(1, 300_000) for _ in range(rng.randrange(1, 4))] for _ in range(3)]
+    for _ in range(4):  # the same shapes in each stretch, as blocks alike make them: the pool differs between stretches
+        for _ in range(rng.randrange(4, 9)):
+            sizes = rng.choice(shapes)
+            made = [alloc(size) for size in sizes]
+            events += [("free", k) for k in reversed(made)]
+        alloc(rng.randrange(512, 400_000))  # kept: the stretch ends
+    return events
+
+
+@pytest.mark.parametrize("seed", [3, 5, 8, 13])
+def test_a_walk_passes_over_a_window_repeated_in_its_stretch(seed: int, monkeypatch) -> None:
+    """``_Plan.walked``: the small pool's windows that repeat one before them in a stretch of windows are not walked
+    again by ``_shrink_bound``, which must give the bound a walk of every request gives, and a bound with which a start
+    shrunk so makes every choice again (``choices_from``)."""
+    rng = random.Random(seed)
+    plan = Program([("events", stretch_like_events(rng, iter(range(1, 10**6))))]).plan()
+    assert plan is not None
+    requests = plan.requests(True)
+    assert len(plan.walked(True)) < 0.75 * len(requests)  # repetitions passed over: the case this tests
+    sizes_seen = [rounded for _, rounded in requests if rounded]
+    compared = nonzero = 0
+    for _ in range(12):  # blocks of one to three requests' sizes and a little more: some taken whole, some split
+        sizes = [sum(rng.sample(sizes_seen, rng.randrange(1, 4))) + rng.choice([0, 512, 1024, 65_536])
+                 for _ in range(rng.randrange(4, 9))]
+        blocks = [((i + 1) << 32, size) for i, size in enumerate(sizes)]
+        start = tuple(sorted(size << 64 | addr for addr, size in blocks))
+        expected = choices_from(plan, True, blocks)
+        if expected is None:  # a cudaMalloc: no trajectory, no bound
+            continue
+        for index, (addr, size) in enumerate(blocks):
+            bound = _shrink_bound(plan, True, start, addr)
+            with monkeypatch.context() as patch:
+                patch.setattr(_Plan, "walked", _Plan.requests)
+                assert _shrink_bound(plan, True, start, addr) == bound, (sizes, addr)
+            shrunk = [*blocks[:index], (addr + bound // 512 * 512, size - bound // 512 * 512), *blocks[index + 1:]]
+            assert choices_from(plan, True, shrunk) == expected, (sizes, addr, bound)
+            compared += 1
+            nonzero += bound > 0
+    assert compared >= 10 and nonzero >= 4  # bounds of both kinds were compared, not only zeros
+
+
 def test_a_trajectory_is_not_moved_past_a_block_of_the_same_size(monkeypatch) -> None:
     """Among free blocks of one size the lowest address is chosen. A trajectory remembered where block A (4 MiB) was
     below block C (4 MiB) and took A does not hold where A has gone and a block of A's size has come above C: the

@@ -110,6 +110,9 @@ MUTATIONS = (
     # the attention kernels
     Mutation("no cuDNN attention workspace", ATTN, "CUDNN_WORKSPACE = 256", "CUDNN_WORKSPACE = 0"),
     Mutation("flash before cuDNN on sm90", ATTN, "CUDNN_PREFERRED_MAJORS = (9, 10)", "CUDNN_PREFERRED_MAJORS = (10,)"),
+    # the bounds' walk over the small pool's windows (_Plan.walked): a window is passed over only within its stretch
+    Mutation("a walk passes over a window repeated after events outside a window", ALLOC,
+             "            else:\n                stretch.clear()", "            else:\n                pass"),
     # the views the meter lets pass unseen (meters.UNSEEN_VIEWS): only views whose outputs add nothing
     Mutation("the meter lets a concatenation pass unseen", "src/sdvram/meters.py",
              "passed = [view for view in views if self._plain_view(view)]",

@@ -329,6 +329,7 @@ class _Plan:
     rises: list[int]
     # per pool, worked out at its first bound (``requests``): its events as (key, rounded request; 0 for a free)
     _requests: dict[bool, list[tuple[Any, int]]] = field(default_factory=dict)
+    _walked: dict[bool, list[tuple[Any, int]]] = field(default_factory=dict)  # ``walked``, likewise
 
     def requests(self, small: bool) -> list[tuple[Any, int]]:
         """The pool's events as ``_shrink_bound`` walks them: each allocation's key and rounded request, each free's
@@ -338,6 +339,36 @@ class _Plan:
             found = self._requests[small] = [
                 (event[1], round_size(event[2].size)) if event[0] == "alloc" else (event[1], 0)
                 for event in (self.events[i] for i in self.indices[small])]
+        return found
+
+    def walked(self, small: bool) -> list[tuple[Any, int]]:
+        """``requests`` as ``_shrink_bound`` needs them: less each of the small pool's windows (``_small_runs``) that
+        repeats, request for request (the same rounded sizes, each free freeing the allocation at the same place in
+        its window), a window before it with only windows between them. A window frees all it makes and nothing
+        else, so the walk's pool comes out of it as it went in (the same free runs between the same allocated
+        blocks; the tail, the free block ending where the followed block ends, the same again, or the walk has
+        stopped at 0): every window of such a stretch finds the pool as the first found it, and a repetition makes
+        the choices the earlier window made and adds nothing to the bound. A VAE tile's small pool is mostly such
+        stretches (GroupNorm's temporaries and a convolution's workspace, block after block alike)."""
+        found = self._walked.get(small)
+        if found is not None:
+            return found
+        requests = self.requests(small)
+        if not small:
+            found = self._walked[small] = requests
+            return found
+        at = {i: n for n, i in enumerate(self.indices[small])}  # an event's place among the pool's requests
+        found, stretch = [], set()  # the shapes of the windows walked since the last events outside a window
+        for run in self.small_runs:
+            if run[0] == "window":
+                shape = _window_shape([self.events[i] for i in run[1]])
+                if shape in stretch:
+                    continue
+                stretch.add(shape)
+            else:
+                stretch.clear()
+            found.extend(requests[at[i]] for i in run[1])
+        self._walked[small] = found
         return found
 
     @classmethod
@@ -393,6 +424,20 @@ def window_end(events: Sequence[tuple[Any, ...]], index: dict[Any, int], freed: 
             return None
         k += 1
     return end
+
+
+def _window_shape(window: list[tuple[Any, ...]]) -> tuple[int, ...]:
+    """A window's events as the allocator sees them: each allocation's rounded size, each free as minus one less the
+    place in the window of the allocation it frees."""
+    places: dict[Any, int] = {}
+    shape = []
+    for n, event in enumerate(window):
+        if event[0] == "alloc":
+            places[event[1]] = n
+            shape.append(round_size(event[2].size))
+        else:
+            shape.append(-1 - places[event[1]])
+    return tuple(shape)
 
 
 def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple[Any, ...]]:
@@ -893,7 +938,7 @@ def _shrink_bound(plan: _Plan, small: bool, start: tuple[int, ...], addr: int, p
     end, bound = addr + tail.size, tail.size - K_MIN_BLOCK_SIZE
     least = K_MIN_BLOCK_SIZE if small else K_SMALL_SIZE + 1  # the smallest remainder should_split keeps apart
     blocks: dict[Any, Block] = {}
-    for key, rounded in plan.requests(small):
+    for key, rounded in plan.walked(small):
         if not rounded:  # a free
             block = blocks.pop(key)
             block.allocated = False

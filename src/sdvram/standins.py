@@ -122,7 +122,10 @@ def _sym_eq(x: Any, y: Any) -> Any:
     if not (_plain_ints(x) and _plain_ints(y)) or isinstance(x, (tuple, list)) != isinstance(y, (tuple, list)):
         return _real("sym_eq")(x, y)  # (an int against a list raises there)
     if isinstance(x, (tuple, list)):
-        return len(x) == len(y) and all(_sym_eq(a, b) for a, b in zip(x, y, strict=True))
+        if len(x) != len(y):
+            return False
+        pairs = [_sym_eq(a, b) for a, b in zip(x, y, strict=True)]  # all of them, as the real reduce: one may raise
+        return all(pairs)
     return x == y
 
 

@@ -361,10 +361,9 @@ class _Plan:
         found, stretch = [], set()  # the shapes of the windows walked since the last events outside a window
         for run in self.small_runs:
             if run[0] == "window":
-                shape = _window_shape([self.events[i] for i in run[1]])
-                if shape in stretch:
+                if run[4] in stretch:
                     continue
-                stretch.add(shape)
+                stretch.add(run[4])
             else:
                 stretch.clear()
             found.extend(requests[at[i]] for i in run[1])
@@ -426,25 +425,13 @@ def window_end(events: Sequence[tuple[Any, ...]], index: dict[Any, int], freed: 
     return end
 
 
-def _window_shape(window: list[tuple[Any, ...]]) -> tuple[int, ...]:
-    """A window's events as the allocator sees them: each allocation's rounded size, each free as minus one less the
-    place in the window of the allocation it frees."""
-    places: dict[Any, int] = {}
-    shape = []
-    for n, event in enumerate(window):
-        if event[0] == "alloc":
-            places[event[1]] = n
-            shape.append(round_size(event[2].size))
-        else:
-            shape.append(-1 - places[event[1]])
-    return tuple(shape)
-
-
 def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple[Any, ...]]:
     """The small pool's events (at ``indices``) as ``("events", indices)`` (a run of them outside any window, replayed
-    in one call) and ``("window", indices, total, charged)``:
+    in one call) and ``("window", indices, total, charged, shape)``:
     a window is a run of them that frees all it makes (net zero, as short as it can be), ``total`` the bytes its
-    allocations take, ``charged`` each event's bytes (less for a free).
+    allocations take, ``charged`` each event's bytes (less for a free), ``shape`` its events as the allocator sees
+    them (each allocation's rounded size, each free as minus one less the place in the window of the allocation it
+    frees: ``_Plan.walked``).
 
     In the small pool a block is charged exactly its rounded request: every size there is a multiple of 512,
     so a remainder is either nothing or at least kMinBlockSize, and ``should_split`` splits it off. And a
@@ -468,15 +455,19 @@ def _small_runs(events: list[tuple[Any, ...]], indices: list[int]) -> list[tuple
             continue
         window = indices[n:end + 1]
         rounded: dict[Any, int] = {}
-        charged = []
-        for i in window:
+        places: dict[Any, int] = {}
+        charged, shape = [], []
+        for place, i in enumerate(window):
             event = events[i]
             if event[0] == "alloc":
                 rounded[event[1]] = round_size(event[2].size)
+                places[event[1]] = place
                 charged.append(rounded[event[1]])
+                shape.append(rounded[event[1]])
             else:  # a free gives back what its allocation took
                 charged.append(-rounded[event[1]])
-        runs.append(("window", window, sum(rounded.values()), charged))
+                shape.append(-1 - places[event[1]])
+        runs.append(("window", window, sum(rounded.values()), charged, tuple(shape)))
         n = end + 1
     return runs
 
